@@ -1,0 +1,441 @@
+"""Compression as a stream layer: the five formats the kernel can unpack an initramfs from.
+
+Writers never know about compression: they write to whatever `open_compressor()` yields, the way
+tarfile's `_Stream` sits between TarFile and the file. Every choice here is one the kernel's boot-time
+decompressors (lib/decompress_*.c, picked by magic in lib/decompress.c) accept:
+
+* gzip  - zlib deflate in a gzip wrapper (mtime 0, no file name: reproducible). Level 9.
+* xz    - an .xz stream with a CRC32 check and one LZMA2 filter. lib/decompress_unxz.c (xz_dec) only
+          verifies CRC32 or no check ("--check=crc32", as scripts/xz_wrap.sh uses); CRC64/SHA-256
+          streams are rejected. The default preset 6 uses an 8 MiB dictionary; for initramfs the
+          kernel decoder runs in XZ_DYNALLOC mode and allocates the dictionary the stream asks for
+          (scripts/xz_wrap.sh itself uses up to 32 MiB). No BCJ filter: it only helps executables and
+          its decoder is architecture-specific (CONFIG_XZ_DEC_X86 ...).
+* zstd  - one zstd frame with a checksum and without a content size (we stream). Level 15, the level
+          dracut-ng uses: near level 19's ratio for a fraction of the time, and its window (<= 8 MiB)
+          is far below what lib/decompress_unzstd.c accepts (ZSTD_WINDOWSIZE_MAX, 128 MiB). The kernel
+          decompressor handles streaming frames.
+* lz4   - the *legacy* lz4 format ("lz4 -l"): magic 02 21 4C 18, then blocks of le32 compressed size +
+          raw lz4 block, each block the compression of at most 8 MiB of input. lib/decompress_unlz4.c
+          reads only this format (never the lz4 frame format, magic 04 22 4D 18) and decodes each block
+          into an 8 MiB buffer. Level 9 (lz4hc), as "lz4 -9 -l"; our output is byte-identical to it.
+          The legacy format has no end mark: the kernel stops at the end of the buffer, at fewer than
+          4 bytes left, or at a zero chunk size (see `LZ4_END_OF_STREAM`), and skips a repeated magic.
+* none  - bytes pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import lzma
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import BinaryIO, Protocol
+
+import lz4.block
+import zstandard
+
+from .errors import FormatError
+
+
+class Compression(StrEnum):
+    NONE = "none"
+    GZIP = "gzip"
+    XZ = "xz"
+    ZSTD = "zstd"
+    LZ4 = "lz4"
+
+    @property
+    def magic(self) -> bytes:
+        """The first bytes of a stream of this format, as lib/decompress.c matches them."""
+        return _MAGIC[self]
+
+    @property
+    def extension(self) -> str:
+        return _EXTENSION[self]
+
+    @property
+    def default_level(self) -> int:
+        return _DEFAULT_LEVEL[self]
+
+    @property
+    def levels(self) -> range:
+        return _LEVELS[self]
+
+    @property
+    def kernel_config(self) -> str | None:
+        """The kernel option that must be enabled for the kernel to unpack this format."""
+        return _KERNEL_CONFIG[self]
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"  # le32 0x184C2102, ARCHIVE_MAGICNUMBER in lib/decompress_unlz4.c
+
+_MAGIC = {
+    Compression.NONE: b"",  # uncompressed data has no magic of its own
+    Compression.GZIP: GZIP_MAGIC,
+    Compression.XZ: XZ_MAGIC,
+    Compression.ZSTD: ZSTD_MAGIC,
+    Compression.LZ4: LZ4_LEGACY_MAGIC,
+}
+_EXTENSION = {
+    Compression.NONE: "",
+    Compression.GZIP: ".gz",
+    Compression.XZ: ".xz",
+    Compression.ZSTD: ".zst",
+    Compression.LZ4: ".lz4",
+}
+_DEFAULT_LEVEL = {
+    Compression.NONE: 0,
+    Compression.GZIP: 9,
+    Compression.XZ: 6,
+    Compression.ZSTD: 15,
+    Compression.LZ4: 9,
+}
+_LEVELS = {
+    Compression.NONE: range(0, 1),
+    Compression.GZIP: range(1, 10),
+    Compression.XZ: range(0, 10),
+    Compression.ZSTD: range(1, 23),
+    Compression.LZ4: range(1, 13),
+}
+_KERNEL_CONFIG = {
+    Compression.NONE: None,
+    Compression.GZIP: "CONFIG_RD_GZIP",
+    Compression.XZ: "CONFIG_RD_XZ",
+    Compression.ZSTD: "CONFIG_RD_ZSTD",
+    Compression.LZ4: "CONFIG_RD_LZ4",
+}
+
+# lz4 legacy framing (lib/decompress_unlz4.c: LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE; lz4io.c: LEGACY_BLOCKSIZE)
+LZ4_LEGACY_BLOCK_SIZE = 8 << 20
+LZ4_HC_MIN_LEVEL = 3  # below this, lz4io uses the fast compressor, as we do
+LZ4_MAX_CHUNK = LZ4_LEGACY_BLOCK_SIZE + LZ4_LEGACY_BLOCK_SIZE // 255 + 16  # LZ4_compressBound(8 MiB)
+# In an in-memory initramfs, unlz4 ends a stream at a zero chunk size. Writing these 4 bytes after an
+# lz4 segment lets another segment follow it (the lz4 CLI itself rejects them, so standalone .lz4
+# output never ends with them).
+LZ4_END_OF_STREAM = b"\0\0\0\0"
+_LE32 = struct.Struct("<I")
+
+COPY_CHUNK = 1 << 20  # bytes per read when streaming
+
+
+def detect(head: bytes) -> Compression | None:
+    """The compressed format `head` starts with, or None (uncompressed data has no magic)."""
+    for c in (Compression.GZIP, Compression.XZ, Compression.ZSTD, Compression.LZ4):
+        if head.startswith(c.magic):
+            return c
+    return None
+
+
+# -- compression ------------------------------------------------------------------------------------
+
+
+class _Encoder(Protocol):
+    """The interface zlib, lzma and zstandard compressor objects share."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Lz4LegacyEncoder:
+    """compress()/flush() producing the lz4 legacy format, buffering at most one 8 MiB block."""
+
+    def __init__(self, level: int):
+        self._mode = "high_compression" if level >= LZ4_HC_MIN_LEVEL else "default"
+        self._level = level
+        self._buf = bytearray()
+        self._started = False
+
+    def _header(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
+        return LZ4_LEGACY_MAGIC
+
+    def _block(self, data: bytes | bytearray) -> bytes:
+        if self._mode == "high_compression":
+            comp = lz4.block.compress(data, mode=self._mode, compression=self._level, store_size=False)
+        else:
+            comp = lz4.block.compress(data, mode=self._mode, store_size=False)
+        return _LE32.pack(len(comp)) + comp
+
+    def compress(self, data: bytes, /) -> bytes:
+        out = [self._header()]
+        self._buf += data
+        while len(self._buf) >= LZ4_LEGACY_BLOCK_SIZE:
+            out.append(self._block(self._buf[:LZ4_LEGACY_BLOCK_SIZE]))
+            del self._buf[:LZ4_LEGACY_BLOCK_SIZE]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        out = self._header()
+        if self._buf:
+            out += self._block(self._buf)
+            self._buf.clear()
+        return out
+
+
+class _NullEncoder:
+    def compress(self, data: bytes, /) -> bytes:
+        return bytes(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _encoder(compression: Compression, level: int) -> _Encoder:
+    if compression is Compression.GZIP:
+        # wbits 16+15: gzip wrapper with mtime 0 and no name, so the output depends on content only
+        return zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    if compression is Compression.XZ:
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": level}]
+        return lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
+    if compression is Compression.ZSTD:
+        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=False)
+        return cctx.compressobj()
+    if compression is Compression.LZ4:
+        return _Lz4LegacyEncoder(level)
+    return _NullEncoder()
+
+
+class CompressWriter(io.RawIOBase):
+    """A write-only stream that compresses into `out`. Closing it finishes the stream, not `out`."""
+
+    def __init__(self, out: BinaryIO, encoder: _Encoder):
+        super().__init__()
+        self._out = out
+        self._encoder = encoder
+        self.bytes_in = 0  # uncompressed bytes written so far
+        self.bytes_out = 0  # compressed bytes passed to `out`
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a finished compression stream")
+        n = len(data)
+        self.bytes_in += n
+        self._emit(self._encoder.compress(bytes(data)))
+        return n
+
+    def _emit(self, chunk: bytes) -> None:
+        if chunk:
+            self._out.write(chunk)
+            self.bytes_out += len(chunk)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._emit(self._encoder.flush())
+        super().close()
+
+
+def _check_level(compression: Compression, level: int | None) -> int:
+    if level is None:
+        return compression.default_level
+    if level not in compression.levels:
+        lo, hi = compression.levels.start, compression.levels.stop - 1
+        raise FormatError(f"{compression} compression level {level} is not in {lo}..{hi}", field="level")
+    return level
+
+
+@contextlib.contextmanager
+def open_compressor(
+    out: BinaryIO, compression: Compression, level: int | None = None
+) -> Iterator[CompressWriter]:
+    """Yield a writer whose bytes reach `out` compressed; the stream is finished on exit.
+
+    Memory stays bounded (one lz4 block at most). `out` is left open. On an exception the stream is
+    left unfinished: the caller is discarding the output anyway.
+    """
+    writer = CompressWriter(out, _encoder(Compression(compression), _check_level(compression, level)))
+    yield writer
+    writer.close()
+
+
+def compress(data: bytes, compression: Compression, level: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    with open_compressor(buf, compression, level) as w:
+        w.write(data)
+    return buf.getvalue()
+
+
+# -- decompression ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One compressed stream found at some offset of a buffer, and where it ended."""
+
+    compression: Compression
+    data: bytes
+    end: int  # offset just after the stream's last byte
+
+
+def decompress_stream(buf: bytes | memoryview, offset: int = 0) -> Decoded:
+    """Decompress the one stream starting at `buf[offset]`; trailing bytes are left alone.
+
+    Raises FormatError (with the offset of the stream) on an unknown magic or corrupt data.
+    """
+    view = memoryview(buf)[offset:]
+    compression = detect(bytes(view[:8]))
+    if compression is None:
+        raise FormatError("no known compression magic", offset=offset, field="magic")
+    try:
+        if compression is Compression.LZ4:
+            data, used = _unlz4(view, offset)
+        else:
+            data, used = _decode_with(_decoder(compression), view)
+    except FormatError:
+        raise
+    except (zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError, EOFError, MemoryError) as e:
+        raise FormatError(f"corrupt {compression} data: {e}", offset=offset) from e
+    return Decoded(compression, data, offset + used)
+
+
+class _Decoder(Protocol):
+    @property
+    def unused_data(self) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+def _decoder(compression: Compression) -> _Decoder:
+    if compression is Compression.GZIP:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if compression is Compression.XZ:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _decode_with(dec: _Decoder, view: memoryview) -> tuple[bytes, int]:
+    out = []
+    pos = 0
+    while pos < len(view) and not dec.eof:
+        chunk = bytes(view[pos : pos + COPY_CHUNK])
+        pos += len(chunk)
+        out.append(dec.decompress(chunk))
+    if not dec.eof:
+        raise FormatError("compressed stream is truncated", offset=pos)
+    return b"".join(out), pos - len(dec.unused_data)
+
+
+def _unlz4(view: memoryview, base: int) -> tuple[bytes, int]:
+    """Decode an lz4 legacy stream with the end rules of lib/decompress_unlz4.c (buffer mode)."""
+    out = []
+    pos = len(LZ4_LEGACY_MAGIC)
+    while len(view) - pos >= 4:
+        (chunk,) = _LE32.unpack_from(view, pos)
+        if chunk == 0:  # end of stream (padding before a following segment)
+            break
+        if view[pos : pos + 4] == LZ4_LEGACY_MAGIC:  # concatenated legacy streams
+            pos += 4
+            continue
+        if chunk > LZ4_MAX_CHUNK:
+            # not an lz4 block: another segment follows without the zero chunk size
+            raise FormatError(f"lz4 chunk size {chunk} is too large", offset=base + pos, field="chunk size")
+        if pos + 4 + chunk > len(view):
+            raise FormatError("lz4 chunk is truncated", offset=base + pos, field="chunk size")
+        block = bytes(view[pos + 4 : pos + 4 + chunk])
+        try:
+            out.append(lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE))
+        except lz4.block.LZ4BlockError as e:
+            raise FormatError(f"corrupt lz4 block: {e}", offset=base + pos) from e
+        pos += 4 + chunk
+    return b"".join(out), pos
+
+
+def decompress_all(data: bytes) -> bytes:
+    """Decompress data that is entirely one compressed stream (or uncompressed: returned as is)."""
+    if detect(data[:8]) is None:
+        return data
+    dec = decompress_stream(data)
+    if any(data[dec.end :]):
+        raise FormatError("trailing garbage after the compressed stream", offset=dec.end)
+    return dec.data
+
+
+class _Lz4LegacyReader(io.RawIOBase):
+    """Streaming reader of the lz4 legacy format (one block in memory at a time)."""
+
+    def __init__(self, src: BinaryIO):
+        super().__init__()
+        self._src = src
+        self._buf = b""
+        self._pos = 0
+        self._offset = 0
+        self._done = False
+        magic = self._take(4)
+        if magic != LZ4_LEGACY_MAGIC:
+            raise FormatError("not an lz4 legacy stream", offset=0, field="magic")
+
+    def _take(self, n: int) -> bytes:
+        data = self._src.read(n)
+        self._offset += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_block(self) -> None:
+        while True:
+            head = self._take(4)
+            if len(head) < 4 or head == LZ4_END_OF_STREAM:
+                self._done = True
+                return
+            if head != LZ4_LEGACY_MAGIC:
+                break
+        (chunk,) = _LE32.unpack(head)
+        if chunk > LZ4_MAX_CHUNK:
+            raise FormatError(f"lz4 chunk size {chunk} is too large", offset=self._offset - 4)
+        block = self._take(chunk)
+        if len(block) < chunk:
+            raise FormatError("lz4 chunk is truncated", offset=self._offset - len(block) - 4)
+        try:
+            self._buf = lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE)
+        except lz4.block.LZ4BlockError as e:
+            raise FormatError(f"corrupt lz4 block: {e}", offset=self._offset - chunk - 4) from e
+        self._pos = 0
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        while self._pos >= len(self._buf) and not self._done:
+            self._next_block()
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def open_decompressor(src: bytes | BinaryIO) -> BinaryIO:
+    """A readable stream of the decompressed content of `src` (bytes or a readable binary stream).
+
+    The format is detected from the magic; data without a known magic is returned unchanged.
+    Corrupt data raises FormatError (lz4) or the library's error (zlib.error, lzma.LZMAError,
+    zstandard.ZstdError) while reading; use `decompress_stream` for checked whole-buffer decoding.
+    """
+    stream: BinaryIO = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
+    buffered = io.BufferedReader(stream, COPY_CHUNK) if not hasattr(stream, "peek") else stream  # type: ignore[arg-type]
+    compression = detect(buffered.peek(8)[:8])  # type: ignore[attr-defined]
+    if compression is None:
+        return buffered  # type: ignore[return-value]
+    if compression is Compression.GZIP:
+        import gzip
+
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+    if compression is Compression.XZ:
+        return lzma.LZMAFile(buffered, "rb")  # type: ignore[return-value]
+    if compression is Compression.ZSTD:
+        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+        return io.BufferedReader(reader, COPY_CHUNK)  # type: ignore[arg-type, return-value]
+    return io.BufferedReader(_Lz4LegacyReader(buffered), COPY_CHUNK)  # type: ignore[return-value]
