@@ -30,6 +30,7 @@ from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.construct.core import ConstructError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 from . import log
 from .errors import ResolveError
@@ -356,6 +357,9 @@ class ElfResolver:
         return obj
 
 
+_STRING_TAGS = {"DT_NEEDED": "needed", "DT_SONAME": "soname", "DT_RPATH": "rpath", "DT_RUNPATH": "runpath"}
+
+
 def _read_elf(elf: ELFFile) -> ElfInfo:
     """Read PT_INTERP and PT_DYNAMIC from the program headers (section headers may be stripped)."""
     interp: str | None = None
@@ -364,19 +368,23 @@ def _read_elf(elf: ELFFile) -> ElfInfo:
     rpath: list[str] = []
     runpath: list[str] | None = None
     for seg in elf.iter_segments():
-        if seg["p_type"] == "PT_INTERP":
+        if isinstance(seg, InterpSegment):
             interp = seg.get_interp_name()
         elif isinstance(seg, DynamicSegment):
             for tag in seg.iter_tags():
                 kind = tag.entry.d_tag
+                if kind not in _STRING_TAGS:
+                    continue
+                # pyelftools resolves string tags into an attribute named after the tag ("needed"...)
+                value: str = getattr(tag, _STRING_TAGS[kind])
                 if kind == "DT_NEEDED":
-                    needed.append(tag.needed)
+                    needed.append(value)
                 elif kind == "DT_SONAME":
-                    soname = tag.soname
+                    soname = value
                 elif kind == "DT_RPATH":
-                    rpath.extend(_split_path_list(tag.rpath))
-                elif kind == "DT_RUNPATH":
-                    runpath = [*(runpath or []), *_split_path_list(tag.runpath)]
+                    rpath.extend(_split_path_list(value))
+                else:
+                    runpath = [*(runpath or []), *_split_path_list(value)]
     return ElfInfo(
         elfclass=elf.elfclass,
         little_endian=elf.little_endian,

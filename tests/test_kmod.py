@@ -1,0 +1,354 @@
+"""KernelModules: modprobe/modinfo/depmod of the installed kernel as oracles, plus a fake module tree."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from initbuild import run
+from initbuild.errors import ResolveError
+from initbuild.kmod import KernelModules, Kmod, normalize, read_modinfo
+from initbuild.sysroot import Sysroot
+
+DATA = Path(__file__).parent / "data" / "elf"
+
+# Modules an initoverlayfs image loads, with and without softdeps; names may be aliases.
+IMPORTANT = [
+    "libcrc32c", "erofs", "fs-erofs", "ext4", "virtio_blk", "virtio_pci", "virtio-pci", "overlay",
+    "loop", "nvme", "ahci", "sd_mod", "xfs", "btrfs", "crc32c", "crypto-crc32c", "nd_pmem",
+    "virtio_pmem", "virtio:d00000002v00001AF4", "dm-crypt",
+]  # fmt: skip
+
+
+def host_kver() -> str | None:
+    """A kernel version with a module tree on this host (the running one may differ in a container)."""
+    base = Path("/lib/modules")
+    if not base.is_dir():
+        return None
+    kvers = sorted(d.name for d in base.iterdir() if (d / "modules.dep").is_file())
+    return os.uname().release if os.uname().release in kvers else (kvers[-1] if kvers else None)
+
+
+KVER = host_kver()
+needs_host_tree = pytest.mark.skipif(
+    KVER is None or not run.have_tool("modprobe"), reason="no kernel module tree or modprobe on this host"
+)
+
+
+def modprobe_show_depends(kver: str, name: str) -> tuple[list[str], list[str]] | None:
+    """(insmod paths, builtin names) as `modprobe --show-depends` prints them, first occurrences only."""
+    cp = run.run(["modprobe", "-S", kver, "--show-depends", name], check=False)
+    if cp.returncode != 0:
+        return None
+    paths, builtin = [], []
+    for line in cp.stdout.decode().splitlines():
+        words = line.split()
+        if words[:1] == ["insmod"]:
+            paths.append(words[1])
+        elif words[:1] == ["builtin"]:
+            builtin.append(words[1])
+    return list(dict.fromkeys(paths)), list(dict.fromkeys(builtin))
+
+
+def assert_deps_first(mods: list[Kmod]) -> None:
+    seen: set[str] = set()
+    for m in mods:
+        assert set(m.deps) <= seen, f"{m.name} comes before its deps {set(m.deps) - seen}"
+        seen.add(m.name)
+
+
+@needs_host_tree
+def test_resolve_matches_modprobe_on_the_whole_tree() -> None:
+    """Every module of the installed kernel, some aliases and builtins: same modules, same order."""
+    assert KVER is not None
+    km = KernelModules(Sysroot("/"), KVER)
+    names = [*IMPORTANT, *km.all_modules(), *sorted(km._builtin)[:30]]
+    compared = 0
+    for name in names:
+        expected = modprobe_show_depends(KVER, name)
+        if expected is None:
+            with pytest.raises(ResolveError):
+                km.resolve([name])
+            continue
+        res = km.resolve([name])
+        assert ([m.path for m in res.modules], res.builtin) == expected, name
+        assert_deps_first(res.modules)
+        compared += 1
+    assert compared >= 10
+    if "libcrc32c" in km.all_modules():
+        # the softdep case from boot-notes.md: "softdep libcrc32c pre: crc32c" puts crc32c first
+        order = [m.name for m in km.resolve(["erofs"]).modules]
+        assert order[-2:] == ["libcrc32c", "erofs"]
+        crc32c = [f.name for f in km.lookup("crc32c") if not f.builtin]
+        assert set(crc32c) <= set(order[:-2])
+
+
+@needs_host_tree
+def test_firmware_matches_modinfo() -> None:
+    assert KVER is not None and run.have_tool("modinfo")
+    km = KernelModules(Sysroot("/"), KVER)
+    with_fw = [n for n in km.all_modules() if km.kmod(n).firmware]
+    if not with_fw:
+        pytest.skip("no module of this kernel declares firmware")
+    for name in with_fw + km.all_modules()[:20]:
+        kmod = km.kmod(name)
+        cp = run.run(["modinfo", "-k", KVER, "-F", "firmware", kmod.path])
+        assert list(kmod.firmware) == cp.stdout.decode().split(), name
+
+
+@needs_host_tree
+def test_index_files_subset_agrees_with_depmod(tmp_path: Path) -> None:
+    """Stage a few modules with our index files, then: our resolver on the staged tree gives the same
+    answer, and depmod run on the staged .ko files computes the same modules.dep."""
+    assert KVER is not None
+    km = KernelModules(Sysroot("/"), KVER)
+    res = km.resolve(["erofs", "virtio_blk", "overlay", "loop"], optional=["no-such-module"])
+    assert res.missing_optional == ["no-such-module"]
+    files = km.index_files(res.modules)
+    assert not any(n.endswith(".bin") for n in files)
+    moddir = tmp_path / "lib/modules" / KVER
+    for m in res.modules:
+        dst = tmp_path / m.path.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(m.path, dst)
+    for name, content in files.items():
+        (moddir / name).write_bytes(content)
+    staged = KernelModules(Sysroot(tmp_path), KVER)
+    assert sorted(staged.all_modules()) == sorted(m.name for m in res.modules)
+    again = staged.resolve(["erofs", "virtio_blk", "overlay", "loop"])
+    assert [m.path for m in again.modules] == [m.path for m in res.modules]
+    if not run.have_tool("depmod"):
+        return
+    ours = (moddir / "modules.dep").read_text()
+    run.run(["depmod", "-b", tmp_path, KVER])
+    assert sorted((moddir / "modules.dep").read_text().splitlines()) == sorted(ours.splitlines())
+
+
+# -- a fake module tree ----------------------------------------------------------------------------
+FAKE_KVER = "1.2.3-test"
+DEP = [
+    "kernel/a.ko: kernel/b.ko kernel/c.ko",  # a needs b needs c: the line lists the deepest last
+    "kernel/b.ko: kernel/c.ko",
+    "kernel/c.ko:",
+    "kernel/drivers/block/blk-x.ko.xz:",
+    "kernel/drivers/block/sub/blk-y.ko.zst:",
+    "kernel/drivers/net/net-z.ko.gz:",
+    "kernel/fs/fsz.ko: kernel/lib/libz.ko",
+    "kernel/lib/libz.ko:",
+    "kernel/pre1.ko:",
+    "kernel/post1.ko:",
+    "kernel/s1.ko:",
+    "kernel/s2.ko:",
+    "kernel/cyc1.ko: kernel/cyc2.ko",
+    "kernel/cyc2.ko: kernel/cyc1.ko",
+    "kernel/fwmod.ko:",
+]
+ALIAS = [
+    "# Aliases extracted from modules themselves.",
+    "alias pci:v00001234d*sv*sd*bc01sc*i* blk_x",
+    "alias fs-fsz fsz",
+    "alias fs-fsz2 fsz",
+    "alias virtio:d0000000[1-3]v* net_z",
+]
+SOFTDEP = [
+    "# Soft dependencies extracted from modules themselves.",
+    "softdep a pre: pre1 post: post1",
+    "softdep libz pre: crypto-crc99",  # a builtin module, through its builtin alias
+    "softdep s1 pre: s2",  # softdep cycle: harmless, the visited set stops it
+    "softdep s2 pre: s1",
+    "softdep c ignored pre: nowhere",  # words before pre: are ignored; "nowhere" only warns
+]
+BUILTIN = ["kernel/fs/ext9/ext9.ko", "kernel/crypto/crc99.ko"]
+BUILTIN_MODINFO = b"ext9.alias=fs-ext9\0ext9.license=GPL\0crc99.alias=crypto-crc99\0"
+
+
+@pytest.fixture(scope="module")
+def fake_ko(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Two tiny relocatable ELF objects standing in for modules: one with firmware= entries, one empty."""
+    if not run.have_tool("gcc"):
+        pytest.skip("gcc not installed")
+    out = tmp_path_factory.mktemp("ko")
+    (out / "empty.c").write_text("/* no .modinfo */\n")
+    run.run(["gcc", "-c", "-o", out / "fwmod.ko", DATA / "fakemod.c"])
+    run.run(["gcc", "-c", "-o", out / "plain.ko", out / "empty.c"])
+    return {"fwmod": (out / "fwmod.ko").read_bytes(), "plain": (out / "plain.ko").read_bytes()}
+
+
+def compress(rel: str, data: bytes) -> bytes:
+    if rel.endswith(".xz"):
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)  # as kmod's xz
+    if rel.endswith(".zst"):
+        return zstandard.ZstdCompressor().compress(data)
+    if rel.endswith(".gz"):
+        return gzip.compress(data)
+    return data
+
+
+def write_tree(root: Path, ko: dict[str, bytes], *, config: Sequence[str] = ()) -> Path:
+    """A /lib/modules/<kver> written from the lists above, like booster's createTestInitRamfs."""
+    moddir = root / "lib/modules" / FAKE_KVER
+    moddir.mkdir(parents=True)
+    for line in DEP:
+        rel = line.split(":")[0]
+        (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
+        content = ko["fwmod"] if "fwmod" in rel or "blk-" in rel or "net-" in rel else ko["plain"]
+        (moddir / rel).write_bytes(compress(rel, content))
+    (moddir / "modules.dep").write_text("\n".join(DEP) + "\n")
+    (moddir / "modules.alias").write_text("\n".join(ALIAS) + "\n")
+    (moddir / "modules.softdep").write_text("\n".join(SOFTDEP) + "\n")
+    (moddir / "modules.builtin").write_text("\n".join(BUILTIN) + "\n")
+    (moddir / "modules.builtin.modinfo").write_bytes(BUILTIN_MODINFO)
+    (moddir / "modules.order").write_text("\n".join(line.split(":")[0] for line in DEP) + "\n")
+    (moddir / "modules.dep.bin").write_bytes(b"stale")
+    if config:
+        (root / "etc/modprobe.d").mkdir(parents=True)
+        (root / "etc/modprobe.d/local.conf").write_text("\n".join(config) + "\n")
+    return root
+
+
+@pytest.fixture
+def km(tmp_path: Path, fake_ko: dict[str, bytes]) -> KernelModules:
+    write_tree(tmp_path, fake_ko, config=["alias cfg-alias fsz", "# comment", "softdep post1 post: s1 # x"])
+    return KernelModules(Sysroot(tmp_path), FAKE_KVER)
+
+
+def names(km: KernelModules, *args: str) -> list[str]:
+    return [m.name for m in km.resolve(args).modules]
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        ("c", ["c"]),
+        ("b", ["c", "b"]),
+        # pre before, post after; post1's config softdep pulls s1, whose pre: s2 comes first
+        ("a", ["c", "b", "pre1", "a", "post1", "s2", "s1"]),
+        ("s1", ["s2", "s1"]),  # softdep cycle
+        ("s2", ["s1", "s2"]),
+        ("fs-fsz", ["libz", "fsz"]),  # alias
+        ("cfg-alias", ["libz", "fsz"]),  # modprobe.d alias
+        ("blk-y", ["blk_y"]),  # "-" == "_"
+        ("pci:v00001234d00005678sv00000000sd00000000bc01sc06i00", ["blk_x"]),  # wildcard alias
+        ("virtio:d00000002v00001AF4", ["net_z"]),  # character class
+    ],
+)
+def test_fake_resolve_order(km: KernelModules, request_: str, expected: list[str]) -> None:
+    res = km.resolve([request_])
+    assert [m.name for m in res.modules] == expected
+    assert_deps_first(res.modules)
+
+
+def test_fake_builtin(km: KernelModules) -> None:
+    assert km.resolve(["ext9"]).builtin == ["ext9"]
+    assert km.resolve(["fs-ext9"]).builtin == ["ext9"]  # builtin alias from modules.builtin.modinfo
+    res = km.resolve(["fsz"])
+    assert res.builtin == ["crc99"] and [m.name for m in res.modules] == ["libz", "fsz"]
+    assert km.is_builtin("crc99") and not km.is_builtin("fsz")
+
+
+def test_fake_missing_and_optional(km: KernelModules, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ResolveError) as e:
+        km.resolve(["a", "no-such-mod"])
+    assert str(e.value) == f"kernel module no-such-mod not found for kernel {FAKE_KVER}"
+    res = km.resolve(["b"], optional=["nope", "fs-fsz", "ext9"])
+    assert res.missing_optional == ["nope"]
+    assert [m.name for m in res.modules] == ["c", "b", "libz", "fsz"] and res.builtin == ["crc99", "ext9"]
+    assert "nowhere is a soft dependency of c but is not available, ignoring" in capsys.readouterr().err
+
+
+def test_fake_dependency_cycle(km: KernelModules) -> None:
+    with pytest.raises(ResolveError, match=r"^dependency cycle between kernel modules cyc\d and cyc\d$"):
+        km.resolve(["cyc1"])
+
+
+def test_fake_kmod_fields_and_compressed_modules(km: KernelModules) -> None:
+    base = f"/lib/modules/{FAKE_KVER}"
+    a = km.kmod("a")
+    assert a == Kmod("a", f"{base}/kernel/a.ko", ("c", "b"), ())
+    fw = ("a.bin", "dir/b.bin", "missing.bin")
+    assert km.kmod("fwmod").firmware == fw
+    assert (
+        km.kmod("blk_x").path == f"{base}/kernel/drivers/block/blk-x.ko.xz"
+        and km.kmod("blk_x").firmware == fw
+    )
+    assert km.kmod("blk-y").firmware == fw  # .zst
+    assert km.kmod("net_z").firmware == fw  # .gz
+
+
+def test_fake_queries(km: KernelModules) -> None:
+    assert km.all_modules()[:3] == ["a", "b", "c"] and len(km.all_modules()) == len(DEP)
+    assert km.modules_under("kernel/drivers/block") == ["blk_x", "blk_y"]
+    assert km.modules_under("kernel/drivers/*/") == ["blk_x", "blk_y", "net_z"]
+    mods = [km.kmod(n) for n in ("a", "fsz", "b", "libz", "c")]
+    assert [m.name for m in KernelModules.load_order(mods)] == ["c", "b", "a", "libz", "fsz"]
+
+
+def test_fake_firmware_paths(km: KernelModules, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fwdir = tmp_path / "lib/firmware"
+    (fwdir / "updates/dir").mkdir(parents=True)
+    (fwdir / "dir").mkdir()
+    (fwdir / "a.bin.zst").write_bytes(b"x")
+    (fwdir / "dir/b.bin").write_bytes(b"x")
+    (fwdir / "updates/dir/b.bin").write_bytes(b"x")  # updates/ wins, as in the kernel's fw_path
+    paths = km.firmware_paths(km.kmod("fwmod"))
+    assert paths == ["/lib/firmware/a.bin.zst", "/lib/firmware/updates/dir/b.bin"]
+    assert "firmware missing.bin for kernel module fwmod not found, ignoring" in capsys.readouterr().err
+
+
+def test_fake_index_files(km: KernelModules) -> None:
+    res = km.resolve(["a", "fs-fsz"])
+    files = km.index_files(res.modules)
+    assert set(files) == {
+        "modules.dep", "modules.alias", "modules.symbols", "modules.softdep", "modules.order",
+        "modules.builtin", "modules.builtin.modinfo",
+    }  # fmt: skip
+    assert files["modules.dep"].decode().splitlines() == [
+        "kernel/a.ko: kernel/b.ko kernel/c.ko",
+        "kernel/b.ko: kernel/c.ko",
+        "kernel/c.ko:",
+        "kernel/fs/fsz.ko: kernel/lib/libz.ko",
+        "kernel/lib/libz.ko:",
+        "kernel/pre1.ko:",
+        "kernel/post1.ko:",
+        "kernel/s1.ko:",
+        "kernel/s2.ko:",
+    ]
+    assert files["modules.alias"].decode().splitlines() == [ALIAS[0], "alias fs-fsz fsz", "alias fs-fsz2 fsz"]
+    assert files["modules.softdep"].decode().splitlines() == [SOFTDEP[0], *SOFTDEP[1:6]]
+    assert files["modules.builtin.modinfo"] == BUILTIN_MODINFO
+    assert b"cyc1" not in files["modules.order"] and files["modules.order"].startswith(b"kernel/a.ko\n")
+    assert "modules.builtin" not in km.index_files(res.modules, builtin=False)
+
+
+def test_missing_tree(tmp_path: Path) -> None:
+    with pytest.raises(ResolveError, match=r"^no modules.dep for kernel 9.9 in "):
+        KernelModules(Sysroot(tmp_path), "9.9")
+
+
+@pytest.mark.parametrize(
+    ("raw", "norm"), [("a-b", "a_b"), ("usb:v1D6Bp0[0-9-]*d-x", "usb:v1D6Bp0[0-9-]*d_x")]
+)
+def test_normalize(raw: str, norm: str) -> None:
+    assert normalize(raw) == norm
+
+
+@needs_host_tree
+@pytest.mark.parametrize("suffix", [".ko.xz", ".ko.zst", ".ko.gz"])
+def test_real_module_compressed(tmp_path: Path, suffix: str) -> None:
+    """A real module compressed three ways reads the same .modinfo as the plain file."""
+    assert KVER is not None
+    km = KernelModules(Sysroot("/"), KVER)
+    smallest = min((km.kmod(n).path for n in km.all_modules()[:200]), key=lambda p: os.stat(p).st_size)
+    data = Path(smallest).read_bytes()
+    if smallest.endswith(".ko"):
+        (tmp_path / f"m{suffix}").write_bytes(compress(suffix, data))
+        (tmp_path / "m.ko").write_bytes(data)
+        assert read_modinfo(Sysroot(tmp_path), f"/m{suffix}") == read_modinfo(Sysroot(tmp_path), "/m.ko")
+        assert read_modinfo(Sysroot(tmp_path), "/m.ko")
