@@ -1,0 +1,208 @@
+"""Boot images under QEMU and read what happened: used by the VM tests and the qemu/ benchmarks.
+
+The guest decides success: a final init prints `initbuild-marker: NAME uptime=S memavailable_kb=N`
+(templates/initlib.sh ib_marker). The harness waits for that line, a kernel panic, or a timeout,
+keeps the whole console log, and parses boot times from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import log
+from .run import find_tool
+
+MARKER = "initbuild-marker:"
+PANIC_PATTERNS = ("Kernel panic", "Attempted to kill init")
+_MARKER_RE = re.compile(r"initbuild-marker: (\S+) uptime=([\d.]+) memavailable_kb=(\d+)")
+_PRINTK_RE = re.compile(r"\[\s*(\d+\.\d+)\]")
+_STEP_RE = re.compile(r"initbuild: \[([\d.]+)\] (.*)")
+PMEM_ALIGN = 2 << 20  # virtio-pmem backing files must be sized to a 2 MiB multiple
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path
+    kind: str = "virtio"  # virtio (virtio-blk) | pmem (virtio-pmem, deterministic under icount)
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class VM:
+    kernel: Path
+    initrd: Path | None = None
+    append: str = ""
+    memory_mb: int = 512
+    disks: tuple[Disk, ...] = ()
+    accel: str = "auto"  # auto | kvm | tcg
+    icount: bool = False  # deterministic guest time (-icount shift=0,sleep=off, rtc clock=vm)
+    timeout: float = 120.0  # host seconds
+    expect: tuple[str, ...] = (MARKER,)  # stop when every one of these substrings was seen
+
+    def argv(self) -> list[str]:
+        qemu = find_tool(
+            "qemu-system-x86_64", reason="boot images under QEMU", hint="apt-get install qemu-system-x86"
+        )
+        accel = resolve_accel(self.accel, self.kernel)
+        mem = f"{self.memory_mb}"
+        pmem = [d for d in self.disks if d.kind == "pmem"]
+        if pmem:
+            mem += f",slots={len(pmem) + 1},maxmem={self.memory_mb + 8192}M"
+        argv = [
+            qemu,
+            "-nodefaults",
+            "-no-reboot",
+            "-display", "none",
+            "-serial", "stdio",
+            "-monitor", "none",
+            "-accel", accel,
+            "-cpu", "max" if accel == "tcg" else "host",
+            "-smp", "1",
+            "-m", mem,
+            "-kernel", str(self.kernel),
+        ]  # fmt: skip
+        if self.initrd is not None:
+            argv += ["-initrd", str(self.initrd)]
+        argv += ["-append", f"console=ttyS0 panic=-1 {self.append}".strip()]
+        if self.icount and accel == "tcg":
+            argv += ["-icount", "shift=0,sleep=off", "-rtc", "base=2024-01-01T00:00:00,clock=vm"]
+        for i, d in enumerate(self.disks):
+            if d.kind == "pmem":
+                size = os.path.getsize(d.path)
+                if size % PMEM_ALIGN:
+                    raise ValueError(f"{d.path}: pmem backing file size {size} is not a multiple of 2 MiB")
+                argv += [
+                    "-object", f"memory-backend-file,id=pm{i},share=off,mem-path={d.path},size={size}",
+                    "-device", f"virtio-pmem-pci,memdev=pm{i},id=pmem{i}",
+                ]  # fmt: skip
+            else:
+                ro = ",readonly=on" if d.readonly else ""
+                argv += ["-drive", f"file={d.path},format=raw,if=virtio,cache=unsafe{ro}"]
+        return argv
+
+
+@dataclass
+class BootResult:
+    argv: list[str]
+    console: str
+    returncode: int | None
+    wall: float  # host seconds
+    timed_out: bool
+    panicked: bool
+    markers: dict[str, tuple[float, int]] = field(default_factory=dict)  # name -> (uptime s, MemAvailable kB)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.markers) and not self.panicked and not self.timed_out
+
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def explain(self) -> str:
+        tail = "\n".join(self.console.splitlines()[-40:])
+        state = "timed out" if self.timed_out else f"exit {self.returncode}"
+        return f"qemu {state} after {self.wall:.1f} s\ncommand: {self.command()}\n--- console (last 40 lines) ---\n{tail}"
+
+    def run_init_time(self) -> float | None:
+        """printk time of 'Run /init as init process' (the kernel handing over to userspace)."""
+        for line in self.console.splitlines():
+            if "Run /init as init process" in line and (m := _PRINTK_RE.search(line)):
+                return float(m.group(1))
+        return None
+
+    def steps(self) -> list[tuple[float, str]]:
+        """The `initbuild: [uptime] message` lines /init logged, in order."""
+        out = []
+        for line in self.console.splitlines():
+            if m := _STEP_RE.search(line):
+                out.append((float(m.group(1)), m.group(2).strip()))
+        return out
+
+
+def boot(vm: VM, *, log_path: Path | None = None) -> BootResult:
+    """Run the VM until every `expect` substring was seen (then stop it), it exits, or timeout."""
+    argv = vm.argv()
+    log.debug("+ " + shlex.join(argv))
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        buf = ""
+        for raw in iter(lambda: proc.stdout.read1(4096) if proc.stdout else b"", b""):  # type: ignore[union-attr]
+            text = raw.decode("utf-8", errors="replace")
+            chunks.append(text)
+            buf = (buf + text)[-200000:]
+            if (
+                all(e in buf for e in vm.expect)
+                and _complete(buf, vm.expect)
+                or any(p in buf for p in PANIC_PATTERNS)
+            ):
+                done.set()
+        done.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    finished = done.wait(vm.timeout)
+    timed_out = not finished
+    if proc.poll() is None:
+        if finished:
+            time.sleep(0.2)  # let the guest flush the rest of the line
+        proc.kill()
+    proc.wait()
+    t.join(5)
+    wall = time.monotonic() - start
+    console = "".join(chunks)
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"# {shlex.join(argv)}\n{console}", encoding="utf-8")
+    markers = {m.group(1): (float(m.group(2)), int(m.group(3))) for m in _MARKER_RE.finditer(console)}
+    panicked = any(p in console for p in PANIC_PATTERNS)
+    return BootResult(argv, console, proc.returncode, wall, timed_out, panicked, markers)
+
+
+def _complete(buf: str, expect: tuple[str, ...]) -> bool:
+    """An expected substring counts once the line holding it has ended."""
+    for e in expect:
+        i = buf.rfind(e)
+        if i < 0 or "\n" not in buf[i:]:
+            return False
+    return True
+
+
+@functools.cache
+def kvm_works(kernel: Path) -> bool:
+    """/dev/kvm can exist while guests hang (../shared/boot-notes.md): probe with a short boot."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    vm = VM(
+        kernel=kernel,
+        accel="kvm",
+        append="initbuild.probe",
+        timeout=15,
+        expect=("VFS: Unable to mount root", "Kernel panic"),
+    )
+    try:
+        res = boot(vm)
+    except OSError:
+        return False
+    return "Linux version" in res.console and ("Kernel panic" in res.console or "VFS" in res.console)
+
+
+def resolve_accel(accel: str, kernel: Path) -> str:
+    if accel != "auto":
+        return accel
+    forced = os.environ.get("INITBUILD_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    return "kvm" if kvm_works(kernel) else "tcg"

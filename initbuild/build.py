@@ -1,0 +1,292 @@
+"""Orchestration: Profile -> Plan -> Manifests -> writers -> atomically published outputs + build.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import __version__, log
+from .collect import StageResult, collect_stage, module_check, os_release, resolve_kernel
+from .compress import Compression
+from .errors import ConfigError, InitbuildError
+from .manifest import Entry, Kind, Manifest
+from .modules import MODULES_DIR, Plan, discover, select
+from .profile import Mode, Profile
+from .sysroot import Sysroot
+from .templates import Renderer
+
+DEFAULT_EPOCH = 0  # timestamps when SOURCE_DATE_EPOCH is unset: fixed, so builds are reproducible
+MICROCODE = {  # early cpio path -> firmware directory whose files are concatenated (x86 early loading)
+    "/kernel/x86/microcode/GenuineIntel.bin": "/lib/firmware/intel-ucode",
+    "/kernel/x86/microcode/AuthenticAMD.bin": "/lib/firmware/amd-ucode",
+}
+
+
+def source_date_epoch() -> int:
+    v = os.environ.get("SOURCE_DATE_EPOCH")
+    if v is None or v == "":
+        return DEFAULT_EPOCH
+    try:
+        n = int(v)
+    except ValueError:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={v!r} is not an integer number of seconds") from None
+    if n < 0 or n > 0xFFFFFFFF:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={v} is out of range")
+    return n
+
+
+def output_names(kver: str, mode: Mode) -> dict[str, str]:
+    if mode is Mode.PLAIN:
+        return {"initramfs": f"initramfs-{kver}.img"}
+    return {
+        "initramfs": f"initramfs-{kver}.img",
+        "stage2": f"initoverlayfs-{kver}.img",
+        "conf": "initoverlayfs.conf",
+    }
+
+
+# -- stages --------------------------------------------------------------------------------------
+
+
+def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tuple[Plan, Sysroot]:
+    sysroot = Sysroot(profile.sysroot)
+    if not sysroot.root.is_dir():
+        raise InitbuildError(
+            f"sysroot {sysroot.root} does not exist or is not a directory", location=profile.where("sysroot")
+        )
+    kver = resolve_kernel(sysroot, profile)
+    specs = discover(modules_dirs or [MODULES_DIR])
+    plan = select(profile, specs, kver, lambda spec: module_check(spec, sysroot, profile, kver))
+    return plan, sysroot
+
+
+def template_context(plan: Plan) -> dict[str, Any]:
+    p = plan.profile
+    ov = p.overlay
+    fs = ov.fs.replace("{kver}", plan.kver)
+    ctx: dict[str, Any] = {
+        "version": __version__,
+        "kver": plan.kver,
+        "panic": str(p.panic),
+        "cmdline": p.cmdline,
+        "root_timeout": ov.timeout,
+        "overlay": {**ov.__dict__, "fs": fs},
+    }
+    # The contract between generator and /init, readable in the image (booster's init config).
+    ctx["init_json"] = json.dumps(
+        {
+            "version": __version__,
+            "kernel": plan.kver,
+            "panic": str(p.panic),
+            "cmdline": p.cmdline,
+            "modules": plan.names(),
+        },
+        indent=2,
+        sort_keys=True,
+    )
+    return ctx
+
+
+@dataclass
+class Collected:
+    plan: Plan
+    sysroot: Sysroot
+    stage1: StageResult | None
+    stage2: StageResult
+    early: Manifest | None = None
+
+
+def collect(plan: Plan, sysroot: Sysroot) -> Collected:
+    renderer = Renderer()
+    stage1 = None
+    if plan.profile.mode is Mode.INITOVERLAYFS:
+        with log.step("collecting stage one"):
+            stage1 = collect_stage(1, plan, sysroot, renderer, template_context(plan))
+    with log.step("collecting stage two" if stage1 else "collecting the initramfs"):
+        stage2 = collect_stage(2, plan, sysroot, renderer, template_context(plan))
+    early = microcode_manifest(sysroot) if plan.profile.early_microcode else None
+    return Collected(plan, sysroot, stage1, stage2, early)
+
+
+def microcode_manifest(sysroot: Sysroot) -> Manifest | None:
+    m = Manifest()
+    for dest, srcdir in MICROCODE.items():
+        if not sysroot.is_dir(srcdir):
+            continue
+        blobs = [
+            sysroot.read_bytes(f"{srcdir}/{n}")
+            for n in sysroot.listdir(srcdir)
+            if sysroot.is_file(f"{srcdir}/{n}")
+        ]
+        if blobs:
+            m.add(Entry(dest, Kind.FILE, 0o644, data=b"".join(blobs), provenance=("early-microcode", srcdir)))
+    return m if len(m) > 1 else None
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """Write to a temporary file next to `path`, then rename over it: never a torn output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+@dataclass
+class OutputInfo:
+    path: str
+    kind: str  # initramfs | stage2 | conf
+    size: int
+    sha256: str
+    compression: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BuildReport:
+    kver: str
+    mode: str
+    profile: str
+    sysroot: str
+    outdir: str
+    outputs: list[OutputInfo] = field(default_factory=list)
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "initbuild": __version__,
+            "kernel": self.kver,
+            "kernel_image": f"/boot/vmlinuz-{self.kver}",
+            "mode": self.mode,
+            "profile": self.profile,
+            "sysroot": self.sysroot,
+            "source_date_epoch": source_date_epoch(),
+            "outputs": [o.to_json() for o in self.outputs],
+            "counts": self.counts,
+            "timings": [{"step": s, "seconds": round(t, 3)} for s, t in self.timings],
+        }
+
+    def output(self, kind: str) -> OutputInfo:
+        return next(o for o in self.outputs if o.kind == kind)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build(
+    profile: Profile, outdir: Path, *, force: bool = False, modules_dirs: list[Path] | None = None
+) -> BuildReport:
+    log.timings.clear()
+    t0 = time.perf_counter()
+    with log.step("planning"):
+        plan, sysroot = make_plan(profile, modules_dirs=modules_dirs)
+    names = output_names(plan.kver, profile.mode)
+    if not force:
+        existing = [n for n in names.values() if (outdir / n).exists()]
+        if existing:
+            raise ConfigError(
+                f"{outdir}: {', '.join(existing)} already exist(s); refusing to overwrite",
+                hint="pass --force to replace them (atomically)",
+            )
+    log.info(f"kernel {plan.kver}, mode {profile.mode}, modules: {' '.join(plan.names())}")
+    col = collect(plan, sysroot)
+    epoch = source_date_epoch()
+    report = BuildReport(plan.kver, str(profile.mode), profile.source, str(sysroot.root), str(outdir))
+    if col.stage1 is not None:
+        _write_cpio(
+            col, col.stage1.manifest, outdir / names["initramfs"], profile, epoch, report, "stage one"
+        )
+        _write_stage2(col, outdir / names["stage2"], profile, epoch, report)
+        conf = col.stage1.manifest.get("/etc/initoverlayfs.conf")
+        if conf is not None and conf.data is not None:
+            with atomic_output(outdir / names["conf"]) as f:
+                f.write(conf.data)
+            report.outputs.append(_info(outdir / names["conf"], "conf", "none"))
+        report.counts["stage1_entries"] = len(col.stage1.manifest)
+        report.counts["stage1_drivers"] = len(col.stage1.drivers)
+    else:
+        _write_cpio(
+            col, col.stage2.manifest, outdir / names["initramfs"], profile, epoch, report, "plain initramfs"
+        )
+    report.counts["stage2_entries"] = len(col.stage2.manifest)
+    report.counts["stage2_drivers"] = len(col.stage2.drivers)
+    report.timings = list(log.timings) + [("total", time.perf_counter() - t0)]
+    with atomic_output(outdir / "build.json") as f:
+        f.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
+    return report
+
+
+def _info(path: Path, kind: str, compression: str) -> OutputInfo:
+    return OutputInfo(path.name, kind, path.stat().st_size, _sha256(path), compression)
+
+
+def _write_cpio(
+    col: Collected,
+    manifest: Manifest,
+    path: Path,
+    profile: Profile,
+    epoch: int,
+    report: BuildReport,
+    what: str,
+) -> None:
+    from .cpio import CpioOptions, write_initramfs
+
+    comp = Compression(profile.compression)
+    segments = []
+    if col.early is not None:
+        segments.append((col.early, Compression.NONE))
+    segments.append((manifest, comp))
+    levels = {comp: profile.compression_level} if profile.compression_level is not None else None
+    with log.step(f"writing {what} {path.name} ({len(manifest)} entries, {comp})"):
+        with atomic_output(path) as f:
+            write_initramfs(f, segments, col.sysroot, CpioOptions(mtime=epoch), levels=levels)
+    report.outputs.append(_info(path, "initramfs", str(comp)))
+
+
+def _write_stage2(col: Collected, path: Path, profile: Profile, epoch: int, report: BuildReport) -> None:
+    from .erofs.writer import ErofsOptions, write_erofs
+
+    s2 = profile.stage2
+    opts = ErofsOptions(
+        compression=str(s2.compression), level=s2.level, pcluster_size=s2.pcluster_size, build_time=epoch
+    )
+    manifest = col.stage2.manifest
+    with log.step(f"writing stage two {path.name} ({len(manifest)} entries, EROFS {s2.compression})"):
+        with atomic_output(path) as f:
+            write_erofs(manifest, col.sysroot, f, opts)
+    report.outputs.append(_info(path, "stage2", str(s2.compression)))
+
+
+def describe_os(sysroot: Sysroot) -> str:
+    rel = os_release(sysroot)
+    return rel.get("PRETTY_NAME", "unknown OS")

@@ -1,0 +1,251 @@
+"""Profile loading: YAML (with locations) -> validated, frozen Profile. Every error is reported."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import yamlread
+from .errors import ConfigError, Location
+from .manifest import PathError, check_dest
+from .profile import FileSpec, Mode, OverlaySpec, Panic, Profile, Stage2Compression, Stage2Spec
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_PROFILE = Path(__file__).resolve().parent / "profiles" / "default.yaml"
+
+CPIO_COMPRESSIONS = ("lz4", "zstd", "gzip", "xz", "none")
+BOOTFS_PREFIXES = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "/dev/")
+
+# Top-level keys with a one-line description: the source of `initbuild config --keys` and the README.
+PROFILE_KEYS: dict[str, str] = {
+    "mode": "initoverlayfs (stage one cpio + stage two EROFS, default) or plain (one cpio)",
+    "kernel": "kernel version, or 'auto': the newest with both /boot/vmlinuz-V and /lib/modules/V",
+    "sysroot": "the tree to build from (default /)",
+    "modules": "modules.d modules to add to those included by default",
+    "omit_modules": "modules.d modules never to include",
+    "drivers": "extra kernel drivers (names or aliases) for stage two",
+    "optional_drivers": "like drivers, but only a warning when missing",
+    "boot_drivers": "drivers needed to reach the boot device: in stage one too",
+    "binaries": "extra programs (names searched in the sysroot's PATH, or absolute paths)",
+    "files": "extra files: a path, or {source, dest, mode, optional}",
+    "compression": "compression of the cpio (stage one, or the plain image): lz4 zstd gzip xz none",
+    "compression_level": "level for that compressor (default: each format's own)",
+    "early_microcode": "prepend an uncompressed early cpio with CPU microcode when the sysroot has it",
+    "cmdline": "default kernel command line options baked into the image; the boot command line wins",
+    "panic": "what /init does after a failure: shell (default), reboot or poweroff",
+    "output": "{dir}: where outputs go (default ./out)",
+    "stage2": "{compression: lz4hc|lz4|none, level, pcluster_size, all_drivers, firmware}",
+    "overlay": "{bootfs, bootfs_hint, bootfstype, fs, fstype, timeout, attach}: where stage two is",
+}
+STAGE2_KEYS = ("compression", "level", "pcluster_size", "all_drivers", "firmware")
+OVERLAY_KEYS = ("bootfs", "bootfs_hint", "bootfstype", "fs", "fstype", "timeout", "attach")
+FILE_KEYS = ("source", "dest", "mode", "optional")
+
+
+def load_profile(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Profile:
+    """Load a profile file (the shipped default when None) and apply command-line overrides."""
+    file = Path(path) if path is not None else DEFAULT_PROFILE
+    if file.is_dir():
+        raise ConfigError(f"{file}: is a directory, expected a profile file (.yaml)")
+    root = yamlread.load_file(file)
+    profile = _read_profile(root, str(file))
+    if overrides:
+        profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+    return profile
+
+
+def load_profile_text(text: str, name: str = "<string>") -> Profile:
+    return _read_profile(yamlread.parse(text, name), name)
+
+
+def _read_profile(root: yaml.Node | None, file: str) -> Profile:
+    r = yamlread.Reader(file)
+    m = r.mapping(root, "", PROFILE_KEYS)
+    kw: dict[str, Any] = {"source": file}
+    locs: dict[str, Location] = {k: r.loc(v) for k, v in m.items()}
+
+    if "mode" in m and (v := r.choice(m["mode"], "mode", [x.value for x in Mode])):
+        kw["mode"] = Mode(v)
+    if "kernel" in m and (v := r.scalar(m["kernel"], "kernel", str)):
+        kw["kernel"] = r.checked(m["kernel"], "kernel", v, _check_kver) or "auto"
+    if "sysroot" in m and (v := r.scalar(m["sysroot"], "sysroot", str)):
+        kw["sysroot"] = v
+    for key in ("modules", "omit_modules", "drivers", "optional_drivers", "boot_drivers", "binaries"):
+        if key in m:
+            items = r.seq(m[key], key) or []
+            values = []
+            for i, item in enumerate(items):
+                v = r.scalar(item, f"{key}[{i}]", str)
+                if v is not None and r.checked(item, f"{key}[{i}]", v, _check_name):
+                    values.append(v)
+                    locs[f"{key}[{i}]"] = r.loc(item)
+                    locs[f"{key}:{v}"] = r.loc(item)
+            kw[key] = tuple(values)
+    if "files" in m:
+        kw["files"] = tuple(_read_files(r, m["files"], locs))
+    if "compression" in m and (v := r.choice(m["compression"], "compression", CPIO_COMPRESSIONS)):
+        kw["compression"] = v
+    if "compression_level" in m and (v := r.scalar(m["compression_level"], "compression_level", int)):
+        kw["compression_level"] = r.checked(m["compression_level"], "compression_level", v, _check_level)
+    if "early_microcode" in m and (b := r.scalar(m["early_microcode"], "early_microcode", bool)) is not None:
+        kw["early_microcode"] = b
+    if "cmdline" in m and (v := r.scalar(m["cmdline"], "cmdline", str)) is not None:
+        kw["cmdline"] = r.checked(m["cmdline"], "cmdline", v, _check_cmdline) or ""
+    if "panic" in m and (v := r.choice(m["panic"], "panic", [x.value for x in Panic])):
+        kw["panic"] = Panic(v)
+    if "output" in m:
+        om = r.mapping(m["output"], "output", ("dir",))
+        if "dir" in om and (v := r.scalar(om["dir"], "output.dir", str)):
+            kw["output_dir"] = v
+    if "stage2" in m:
+        kw["stage2"] = _read_stage2(r, m["stage2"], locs)
+    if "overlay" in m:
+        kw["overlay"] = _read_overlay(r, m["overlay"], locs)
+    r.raise_if_errors()
+    return Profile(locations=locs, **kw)
+
+
+def _read_files(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> list[FileSpec]:
+    out = []
+    for i, item in enumerate(r.seq(node, "files") or []):
+        key = f"files[{i}]"
+        if isinstance(item, yaml.ScalarNode):
+            src = r.scalar(item, key, str)
+            if src is None:
+                continue
+            spec = {"source": src, "dest": src}
+        else:
+            fm = r.mapping(item, key, FILE_KEYS, required=("source",))
+            spec = {}
+            for k in ("source", "dest"):
+                if k in fm and (v := r.scalar(fm[k], f"{key}.{k}", str)):
+                    spec[k] = v
+            spec.setdefault("dest", spec.get("source", ""))
+            if "mode" in fm and (mode := _read_mode(r, fm["mode"], f"{key}.mode")) is not None:
+                spec["mode"] = mode
+            if "optional" in fm and (b := r.scalar(fm["optional"], f"{key}.optional", bool)) is not None:
+                spec["optional"] = b
+            if "source" not in spec:
+                continue
+        if not str(spec["source"]).startswith("/"):
+            r.error(item, key, f"source '{spec['source']}' must be an absolute path inside the sysroot")
+            continue
+        try:
+            spec["dest"] = check_dest(str(spec["dest"]))
+        except PathError as e:
+            r.error(item, key, str(e))
+            continue
+        locs[key] = r.loc(item)
+        out.append(FileSpec(**spec))
+    return out
+
+
+def _read_mode(r: yamlread.Reader, node: yaml.Node, key: str) -> int | None:
+    """Modes are written as octal strings ('0644') or YAML ints (0o644, or 644 read as octal digits)."""
+    if not isinstance(node, yaml.ScalarNode):
+        r.error(node, key, "expected an octal mode such as '0755'")
+        return None
+    text = node.value.strip().removeprefix("0o")
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        r.error(node, key, f"'{node.value}' is not an octal mode such as '0755'")
+        return None
+    if not 0 <= mode <= 0o7777:
+        r.error(node, key, f"mode {node.value} is out of range (0000-7777)")
+        return None
+    return mode
+
+
+def _read_stage2(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> Stage2Spec:
+    sm = r.mapping(node, "stage2", STAGE2_KEYS)
+    kw: dict[str, Any] = {}
+    if "compression" in sm:
+        v = r.choice(sm["compression"], "stage2.compression", [x.value for x in Stage2Compression])
+        if v:
+            kw["compression"] = Stage2Compression(v)
+    if "level" in sm and (n := r.scalar(sm["level"], "stage2.level", int)) is not None:
+        kw["level"] = r.checked(
+            sm["level"], "stage2.level", n, lambda x: None if 1 <= x <= 12 else "must be 1..12"
+        )
+    if (
+        "pcluster_size" in sm
+        and (n := r.scalar(sm["pcluster_size"], "stage2.pcluster_size", int)) is not None
+    ):
+        kw["pcluster_size"] = r.checked(sm["pcluster_size"], "stage2.pcluster_size", n, _check_pcluster)
+    for k in ("all_drivers", "firmware"):
+        if k in sm and (b := r.scalar(sm[k], f"stage2.{k}", bool)) is not None:
+            kw[k] = b
+    for k, v in sm.items():
+        locs[f"stage2.{k}"] = r.loc(v)
+    return Stage2Spec(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _read_overlay(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> OverlaySpec:
+    om = r.mapping(node, "overlay", OVERLAY_KEYS)
+    kw: dict[str, Any] = {}
+    for k in ("bootfs", "bootfs_hint", "bootfstype", "fs", "fstype"):
+        if k in om and (v := r.scalar(om[k], f"overlay.{k}", str)) is not None:
+            kw[k] = v
+    if "bootfs" in kw and not kw["bootfs"].startswith(BOOTFS_PREFIXES):
+        r.error(
+            om["bootfs"],
+            "overlay.bootfs",
+            f"'{kw['bootfs']}' is not UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/...",
+        )
+    if kw.get("fs"):
+        try:
+            check_dest(kw["fs"])
+        except PathError as e:
+            r.error(om["fs"], "overlay.fs", str(e))
+    if "timeout" in om and (n := r.scalar(om["timeout"], "overlay.timeout", int)) is not None:
+        kw["timeout"] = r.checked(
+            om["timeout"], "overlay.timeout", n, lambda x: None if 1 <= x <= 3600 else "must be 1..3600 s"
+        )
+    if "attach" in om:
+        kw["attach"] = r.choice(om["attach"], "overlay.attach", ("auto", "loop", "file", "direct"))
+    for k, v in om.items():
+        locs[f"overlay.{k}"] = r.loc(v)
+    for k in ("bootfs", "bootfstype", "fstype"):
+        if k in kw and not kw[k]:
+            r.error(om[k], f"overlay.{k}", "must not be empty")
+    return OverlaySpec(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _check_kver(v: str) -> str | None:
+    if v == "auto" or (v and "/" not in v and not v.startswith(".") and " " not in v):
+        return None
+    return f"'{v}' is not a kernel version (such as 6.1.0-28-cloud-amd64) or 'auto'"
+
+
+def _check_name(v: str) -> str | None:
+    if not v or "\0" in v or v.strip() != v or "\n" in v:
+        return f"'{v}' is not a valid name"
+    if ".." in v.split("/"):
+        return f"'{v}' escapes the root ('..' is not allowed)"
+    return None
+
+
+def _check_level(v: int) -> str | None:
+    return None if 0 <= v <= 22 else f"{v} is out of range (0-22)"
+
+
+def _check_pcluster(v: int) -> str | None:
+    if v % 4096 or not 4096 <= v <= 1 << 20:
+        return f"{v} must be a multiple of 4096 between 4096 and 1048576"
+    return None
+
+
+def _check_cmdline(v: str) -> str | None:
+    return "must be one line" if "\n" in v else None
+
+
+def profile_keys_help() -> str:
+    width = max(map(len, PROFILE_KEYS))
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in PROFILE_KEYS.items())
+
+
+assert {f.name for f in fields(Profile)} >= {"mode", "kernel", "sysroot", "stage2", "overlay"}

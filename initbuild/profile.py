@@ -1,0 +1,91 @@
+"""Frozen, validated description of a build (the result of config.load_profile). No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import Location
+
+
+class Mode(StrEnum):
+    INITOVERLAYFS = "initoverlayfs"  # stage one cpio + stage two EROFS
+    PLAIN = "plain"  # one cpio with the stage-two content
+
+
+class Stage2Compression(StrEnum):
+    LZ4HC = "lz4hc"
+    LZ4 = "lz4"
+    NONE = "none"
+
+
+class Panic(StrEnum):
+    SHELL = "shell"
+    REBOOT = "reboot"
+    POWEROFF = "poweroff"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """An extra file: `source` inside the sysroot, copied to `dest` in the image (stage two)."""
+
+    source: str
+    dest: str
+    mode: int | None = None  # None: keep the source's permission bits
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """Where stage one finds stage two; rendered to etc/initoverlayfs.conf (initoverlayfs key names)."""
+
+    bootfs: str = "LABEL=boot"  # UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/...
+    bootfs_hint: str = ""  # a device path tried first, e.g. /dev/vda1
+    bootfstype: str = "ext4"
+    fs: str = "/initoverlayfs-{kver}.img"  # image path on bootfs; "" = bootfs itself is the EROFS device
+    fstype: str = "erofs"
+    timeout: int = 10  # seconds to wait for bootfs
+    attach: str = "auto"  # auto | loop | file | direct
+
+
+@dataclass(frozen=True)
+class Stage2Spec:
+    compression: Stage2Compression = Stage2Compression.LZ4HC
+    level: int = 12
+    pcluster_size: int = 65536
+    all_drivers: bool = False  # every module of the kernel
+    firmware: bool = True  # firmware of the selected drivers
+
+
+@dataclass(frozen=True)
+class Profile:
+    source: str  # the profile file, or "<default>"
+    mode: Mode = Mode.INITOVERLAYFS
+    kernel: str = "auto"
+    sysroot: str = "/"
+    modules: tuple[str, ...] = ()  # modules.d modules to add
+    omit_modules: tuple[str, ...] = ()
+    drivers: tuple[str, ...] = ()  # extra kernel drivers (stage two)
+    optional_drivers: tuple[str, ...] = ()
+    boot_drivers: tuple[str, ...] = ()  # drivers to reach the boot device (stage one and two)
+    binaries: tuple[str, ...] = ()
+    files: tuple[FileSpec, ...] = ()
+    compression: str = "lz4"  # stage one / plain cpio: lz4 | zstd | gzip | xz | none
+    compression_level: int | None = None
+    early_microcode: bool = True
+    cmdline: str = ""  # baked-in kernel command line defaults (the real one wins)
+    panic: Panic = Panic.SHELL
+    output_dir: str = "out"
+    stage2: Stage2Spec = field(default_factory=Stage2Spec)
+    overlay: OverlaySpec = field(default_factory=OverlaySpec)
+    # key path ("binaries[2]", "overlay.bootfs") -> where it was written, for located build errors
+    locations: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, key: str) -> Location | None:
+        return self.locations.get(key)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("locations")
+        return d

@@ -1,0 +1,192 @@
+"""YAML with locations: load through yaml.compose so every value keeps its file:line:col, and a
+small checked reader that collects every error (unknown keys with a did-you-mean, wrong types)
+instead of stopping at the first. Used for profiles and for modules.d/*/module.yaml.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError, ConfigErrors, Location
+
+T = TypeVar("T")
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a mapping"}
+
+
+def parse(text: str, file: Path | str) -> yaml.Node | None:
+    """Compose YAML text into a node tree; syntax errors become a located ConfigError."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
+        msg = f"YAML syntax error: {e.problem or e.context}"
+        raise ConfigError(msg, location=loc) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"YAML error: {e}", location=Location(file)) from None
+
+
+def load_file(path: Path) -> yaml.Node | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    return parse(text, path)
+
+
+class Reader:
+    """Reads a composed YAML tree against an expected shape, recording every problem.
+
+    Each accessor takes the node and a dotted `key` path used in messages (`outputs[1].compression`),
+    returns the converted value or None when it is wrong, and records a ConfigError.
+    """
+
+    def __init__(self, file: Path | str):
+        self.file = file
+        self.errors: list[ConfigError] = []
+
+    def loc(self, node: yaml.Node | None) -> Location:
+        if node is None:
+            return Location(self.file)
+        m = node.start_mark
+        return Location(self.file, m.line + 1, m.column + 1)
+
+    def error(self, node: yaml.Node | None, key: str, message: str, hint: str | None = None) -> None:
+        prefix = f"{key}: " if key else ""
+        self.errors.append(ConfigError(prefix + message, location=self.loc(node), hint=hint))
+
+    def raise_if_errors(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+    # -- structure --------------------------------------------------------------------------------
+    def mapping(
+        self, node: yaml.Node | None, key: str, allowed: Iterable[str], *, required: Iterable[str] = ()
+    ) -> dict[str, yaml.Node]:
+        """A mapping with string keys from `allowed`; unknown and duplicate keys are errors."""
+        allowed = list(allowed)
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+            out: dict[str, yaml.Node] = {}
+        elif not isinstance(node, yaml.MappingNode):
+            self.error(node, key, f"expected a mapping, got {_describe(node)}")
+            return {}
+        else:
+            out = {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode):
+                    self.error(knode, key, "mapping keys must be plain strings")
+                    continue
+                k = knode.value
+                full = f"{key}.{k}" if key else k
+                if k not in allowed:
+                    close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
+                    hint = (
+                        f"did you mean '{close[0]}'?"
+                        if close
+                        else f"known keys: {', '.join(sorted(allowed))}"
+                    )
+                    self.error(knode, "", f"unknown key '{full}'", hint=hint)
+                    continue
+                if k in out:
+                    self.error(knode, "", f"duplicate key '{full}'")
+                    continue
+                out[k] = vnode
+        for r in required:
+            if r not in out:
+                self.error(node, key, f"missing required key '{r}'")
+        return out
+
+    def seq(self, node: yaml.Node, key: str) -> list[yaml.Node] | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, key, f"expected a list, got {_describe(node)}")
+            return None
+        return list(node.value)
+
+    # -- scalars ----------------------------------------------------------------------------------
+    def scalar(self, node: yaml.Node, key: str, typ: type[T]) -> T | None:
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, key, f"expected {_TYPE_NAMES.get(typ, typ.__name__)}, got {_describe(node)}")
+            return None
+        value = (
+            yaml.SafeLoader("").construct_object(node) if node.tag != "tag:yaml.org,2002:str" else node.value
+        )
+        if typ is str and node.tag == "tag:yaml.org,2002:str":
+            return value  # type: ignore[no-any-return]
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return value  # type: ignore[return-value]
+        if typ is bool and isinstance(value, bool):
+            return value  # type: ignore[return-value]
+        if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(node.value)  # type: ignore[return-value]  # e.g. a kernel version "6.1"
+        self.error(node, key, f"expected {_TYPE_NAMES.get(typ, typ.__name__)}, got {_describe(node)}")
+        return None
+
+    def str_list(self, node: yaml.Node, key: str) -> list[str]:
+        items = self.seq(node, key)
+        if items is None:
+            return []
+        out = []
+        for i, item in enumerate(items):
+            v = self.scalar(item, f"{key}[{i}]", str)
+            if v is not None:
+                out.append(v)
+        return out
+
+    def choice(self, node: yaml.Node, key: str, choices: Iterable[str]) -> str | None:
+        choices = list(choices)
+        v = self.scalar(node, key, str)
+        if v is None:
+            return None
+        if v not in choices:
+            close = difflib.get_close_matches(v, choices, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else None
+            self.error(node, key, f"'{v}' is not one of: {', '.join(choices)}", hint=hint)
+            return None
+        return v
+
+    def checked(
+        self, node: yaml.Node, key: str, value: T | None, check: Callable[[T], str | None]
+    ) -> T | None:
+        """Apply a semantic check returning an error message or None."""
+        if value is None:
+            return None
+        problem = check(value)
+        if problem:
+            self.error(node, key, problem)
+            return None
+        return value
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    tag = node.tag.rsplit(":", 1)[-1]
+    names = {
+        "str": "a string",
+        "int": "an integer",
+        "bool": "a boolean",
+        "null": "nothing",
+        "float": "a number",
+    }
+    return f"{names.get(tag, tag)} ({node.value!r})" if tag != "null" else "nothing"
+
+
+def plain(node: yaml.Node | None) -> Any:
+    """The plain Python value of a node (for echoing config back)."""
+    if node is None:
+        return None
+    return yaml.SafeLoader("").construct_document(node)
