@@ -243,7 +243,9 @@ class KernelModules:
             ),
         ]
         for source in sources:
-            names = list(dict.fromkeys(source()))
+            # a name pointing at a module that is neither in modules.dep nor builtin (a stale alias
+            # or modprobe.d line) cannot be loaded: ignore it rather than fail later
+            names = [n for n in dict.fromkeys(source()) if n in self._dep or n in self._builtin]
             if names:
                 return [_Found(n, n in self._builtin and n not in self._dep) for n in names]
         if key in self._builtin:
@@ -253,6 +255,8 @@ class KernelModules:
     def kmod(self, name: str) -> Kmod:
         """The Kmod of a loadable module name (its .modinfo is read once)."""
         name = normalize(name)
+        if name not in self._dep:
+            raise ResolveError(f"kernel module {name} is not in {self.moddir}/modules.dep")
         if name not in self._kmods:
             rel, deps = self._dep[name]
             path = self._image_path(rel)

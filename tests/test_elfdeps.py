@@ -234,3 +234,18 @@ def test_rpath_is_inherited_but_runpath_is_not(fake: Path, built: Path) -> None:
     assert resolver.needed("/bin/prog-rpath") == [LD, "/opt/rp/libfoo.so.1", LIBC, "/opt/rp/libbar.so.2"]
     with pytest.raises(ResolveError, match=r"^libbar.so.2 needed by /opt/rp/libfoo.so.1 not found in /srv"):
         resolver.needed("/bin/prog-runpath")
+
+
+@pytest.mark.parametrize(
+    ("runpath", "libdir"),
+    [(b"/opt/$LIB", "/opt/lib/x86_64-linux-gnu"), (b"${ORIGIN}/../l", "/opt/app/l")],
+)
+def test_runpath_tokens_expand(fake: Path, built: Path, runpath: bytes, libdir: str) -> None:
+    """$LIB is Debian's lib/<triplet> when that directory exists; the ${ORIGIN} spelling works too."""
+    src = (built / "prog").read_bytes()
+    old = b"$ORIGIN/../lib\0"
+    assert src.count(old) == 1 and len(runpath) < len(old)  # patch in place: every offset stays valid
+    (fake / "opt/app/bin/prog").write_bytes(src.replace(old, runpath.ljust(len(old), b"\0")))
+    (fake / "opt/app/lib/libfoo.so.1").unlink()
+    put(built / "libfoo.so.1", fake / libdir.lstrip("/") / "libfoo.so.1")
+    assert ElfResolver(Sysroot(fake)).needed("/opt/app/bin/prog")[1] == f"{libdir}/libfoo.so.1"

@@ -215,7 +215,11 @@ def write_tree(root: Path, ko: dict[str, bytes], *, config: Sequence[str] = ()) 
 
 @pytest.fixture
 def km(tmp_path: Path, fake_ko: dict[str, bytes]) -> KernelModules:
-    write_tree(tmp_path, fake_ko, config=["alias cfg-alias fsz", "# comment", "softdep post1 post: s1 # x"])
+    write_tree(
+        tmp_path,
+        fake_ko,
+        config=["alias cfg-alias fsz", "# comment", "softdep post1 post: s1 # x", "alias stale gone"],
+    )
     return KernelModules(Sysroot(tmp_path), FAKE_KVER)
 
 
@@ -254,6 +258,8 @@ def test_fake_builtin(km: KernelModules) -> None:
 
 
 def test_fake_missing_and_optional(km: KernelModules, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ResolveError, match="^kernel module stale not found"):
+        km.resolve(["stale"])  # a modprobe.d alias naming a module that does not exist
     with pytest.raises(ResolveError) as e:
         km.resolve(["a", "no-such-mod"])
     assert str(e.value) == f"kernel module no-such-mod not found for kernel {FAKE_KVER}"
