@@ -1,0 +1,244 @@
+"""Boot what initbuild builds under QEMU: the kernel is the oracle.
+
+Plain initramfs (issue: foundation): kernel -> /init -> the test module's marker.
+initoverlayfs (issue: split boot): kernel -> stage one -> stage two (EROFS + overlay) -> real root,
+whose /sbin/init prints the final marker; bootfs by LABEL and UUID, stage two on its own disk,
+lz4 and zstd stage one. Failure cases must name what failed, within 10 s of guest time, with no
+kernel panic.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from initbuild.bootharness import VM, BootResult, Disk, boot
+from initbuild.build import BuildReport, build
+from initbuild.config import load_profile_text
+from initbuild.disks import make_ext4, make_root_tree
+from initbuild.modules import MODULES_DIR
+
+pytestmark = pytest.mark.vm
+
+HERE = Path(__file__).resolve().parent
+ROOT_UUID = "6a1b2c3d-0000-4000-8000-00000000beef"
+FAIL_TIMEOUT = 10.0  # guest seconds within which a failure must be diagnosed
+
+
+@dataclass
+class Built:
+    outdir: Path
+    report: BuildReport
+
+    def path(self, kind: str) -> Path:
+        return self.outdir / self.report.output(kind).path
+
+
+def _build(outdir: Path, text: str, *, modules_dirs: list[Path] | None = None) -> Built:
+    profile = load_profile_text(text, str(outdir / "profile.yaml"))
+    report = build(profile, outdir, force=True, modules_dirs=modules_dirs)
+    return Built(outdir, report)
+
+
+PLAIN = """
+mode: plain
+modules: [test]
+compression: {compression}
+"""
+
+OVERLAY = """
+mode: initoverlayfs
+modules: [test]
+compression: {compression}
+overlay:
+  bootfs: LABEL=root
+  bootfstype: ext4
+  fs: /boot/initoverlayfs-{{kver}}.img
+  timeout: 5
+"""
+
+
+def _boot(kernel: Path, initrd: Path, append: str, log_dir: Path, name: str, **kw: object) -> BootResult:
+    vm = VM(kernel=kernel, initrd=initrd, append=append, timeout=180, **kw)  # type: ignore[arg-type]
+    return boot(vm, log_path=log_dir / f"{name}.log")
+
+
+# -- plain initramfs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_plain_initramfs_boots_to_test_marker(
+    tmp_path: Path, kernel: Path, log_dir: Path, compression: str
+) -> None:
+    built = _build(tmp_path / "out", PLAIN.format(compression=compression))
+    res = _boot(
+        kernel,
+        built.path("initramfs"),
+        "initbuild.test=plain initbuild.panic=poweroff",
+        log_dir,
+        f"plain-{compression}",
+    )
+    assert res.ok, res.explain()
+    assert "stage-two-plain" in res.markers, res.explain()
+    assert "initbuild: [" in res.console or "stage two started (plain initramfs)" in res.console
+    assert "Initramfs unpacking failed" not in res.console, res.explain()
+
+
+# -- initoverlayfs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return _build(tmp_path_factory.mktemp("overlay") / "out", OVERLAY.format(compression="lz4"))
+
+
+@pytest.fixture(scope="module")
+def root_disk(tmp_path_factory: pytest.TempPathFactory, overlay: Built) -> Path:
+    """One ext4 disk: the real root, with the stage-two image under /boot."""
+    tree = make_root_tree(tmp_path_factory.mktemp("rootfs"))
+    shutil.copy(overlay.path("stage2"), tree / "boot" / overlay.path("stage2").name)
+    shutil.copy(overlay.path("stage2"), tree / "boot" / "corrupt.img")
+    with open(tree / "boot" / "corrupt.img", "r+b") as f:
+        f.seek(1024)
+        f.write(b"\0" * 128)  # wipe the EROFS superblock
+    return make_ext4(tree, tmp_path_factory.mktemp("disk") / "root.img", label="root", uuid=ROOT_UUID)
+
+
+ROOT_ARGS = "root=LABEL=root rootfstype=ext4 initbuild.panic=poweroff"
+
+
+def _assert_reached_real_root(res: BootResult) -> None:
+    assert res.ok, res.explain()
+    assert "real-root" in res.markers, res.explain()
+    order = [s for _, s in res.steps()]
+    assert any(s.startswith("stage one started") for s in order), res.explain()
+    assert any(s.startswith("stage two started over initoverlayfs") for s in order), res.explain()
+    assert any(s.startswith("switching to the real root") for s in order), res.explain()
+
+
+def test_initoverlayfs_bootfs_by_label(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
+    res = _boot(
+        kernel, overlay.path("initramfs"), ROOT_ARGS, log_dir, "overlay-label", disks=(Disk(root_disk),)
+    )
+    _assert_reached_real_root(res)
+    assert "(loop)" in res.console  # 6.1 needs a loop device for an image file
+
+
+def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
+    args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
+    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-uuid", disks=(Disk(root_disk),))
+    _assert_reached_real_root(res)
+    assert f"bootfs UUID={ROOT_UUID} is /dev/vda" in res.console
+
+
+def test_initoverlayfs_stage_two_on_its_own_disk(
+    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+) -> None:
+    args = f"{ROOT_ARGS} initbuild.bootfs=/dev/vdb initbuild.attach=direct"
+    disks = (Disk(root_disk), Disk(overlay.path("stage2")))
+    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-direct", disks=disks)
+    _assert_reached_real_root(res)
+    assert "(direct)" in res.console and "loop" not in " ".join(s for _, s in res.steps())
+
+
+def test_initoverlayfs_zstd_stage_one(tmp_path: Path, kernel: Path, root_disk: Path, log_dir: Path) -> None:
+    built = _build(tmp_path / "out", OVERLAY.format(compression="zstd"))
+    res = _boot(kernel, built.path("initramfs"), ROOT_ARGS, log_dir, "overlay-zstd", disks=(Disk(root_disk),))
+    _assert_reached_real_root(res)
+
+
+# -- failures: a diagnosis on the console, no panic, no silent hang --------------------------------
+
+
+def _assert_diagnosed(res: BootResult, pattern: str) -> None:
+    assert not res.panicked, res.explain()
+    assert not res.timed_out, res.explain()
+    fatal = [line for line in res.console.splitlines() if "initbuild: [" in line and "FATAL:" in line]
+    assert fatal, res.explain()
+    assert re.search(pattern, fatal[0]), f"{fatal[0]!r} does not match {pattern!r}\n{res.explain()}"
+    m = re.search(r"initbuild: \[([\d.]+)\] FATAL", fatal[0])
+    assert m and float(m.group(1)) < FAIL_TIMEOUT, fatal[0]
+    assert "Power down" in res.console, res.explain()  # initbuild.panic=poweroff was obeyed
+
+
+def _fail_boot(
+    kernel: Path, initrd: Path, extra: str, disks: tuple[Disk, ...], log_dir: Path, name: str
+) -> BootResult:
+    vm = VM(
+        kernel=kernel,
+        initrd=initrd,
+        append=f"{ROOT_ARGS} {extra}",
+        disks=disks,
+        timeout=120,
+        expect=("Power down",),
+    )
+    return boot(vm, log_path=log_dir / f"{name}.log")
+
+
+def test_failure_stage_two_image_missing(
+    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+) -> None:
+    res = _fail_boot(
+        kernel,
+        overlay.path("initramfs"),
+        "initbuild.fs=/boot/missing.img",
+        (Disk(root_disk),),
+        log_dir,
+        "fail-missing",
+    )
+    _assert_diagnosed(res, r"stage two image /boot/missing\.img not found on LABEL=root \(ext4\)")
+
+
+def test_failure_stage_two_image_corrupt(
+    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+) -> None:
+    res = _fail_boot(
+        kernel,
+        overlay.path("initramfs"),
+        "initbuild.fs=/boot/corrupt.img",
+        (Disk(root_disk),),
+        log_dir,
+        "fail-corrupt",
+    )
+    _assert_diagnosed(res, r"cannot mount stage two image /boot/corrupt\.img \(erofs\)")
+
+
+def test_failure_bootfs_never_appears(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
+    extra = "initbuild.bootfs=UUID=00000000-1111-2222-3333-444444444444 initbuild.timeout=2"
+    res = _fail_boot(kernel, overlay.path("initramfs"), extra, (Disk(root_disk),), log_dir, "fail-nobootfs")
+    _assert_diagnosed(
+        res, r"bootfs UUID=00000000-1111-2222-3333-444444444444 did not appear within 2s \(block devices: vda"
+    )
+
+
+def test_failure_driver_missing_from_stage_one(
+    tmp_path: Path, kernel: Path, root_disk: Path, log_dir: Path
+) -> None:
+    # A storage module without virtio_blk: the disk never shows up, and the message says what is there.
+    built = _build(
+        tmp_path / "out",
+        OVERLAY.format(compression="lz4"),
+        modules_dirs=[MODULES_DIR, HERE / "modules_nodisk"],
+    )
+    res = _fail_boot(
+        kernel, built.path("initramfs"), "initbuild.timeout=2", (Disk(root_disk),), log_dir, "fail-nodriver"
+    )
+    _assert_diagnosed(
+        res, r"bootfs LABEL=root did not appear within 2s \(block devices: none; drivers loaded: "
+    )
+
+
+def test_failure_overlay_unsupported(tmp_path: Path, kernel: Path, root_disk: Path, log_dir: Path) -> None:
+    built = _build(
+        tmp_path / "out",
+        OVERLAY.format(compression="lz4"),
+        modules_dirs=[MODULES_DIR, HERE / "modules_nooverlay"],
+    )
+    res = _fail_boot(kernel, built.path("initramfs"), "", (Disk(root_disk),), log_dir, "fail-nooverlay")
+    _assert_diagnosed(
+        res, r"cannot mount the overlay on /sysroot: .*overlay filesystem not supported by this kernel"
+    )
