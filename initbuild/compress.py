@@ -27,6 +27,7 @@ decompressors (lib/decompress_*.c, picked by magic in lib/decompress.c) accept:
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import lzma
 import struct
@@ -34,9 +35,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
-import lz4.block
+import lz4.block  # type: ignore[import-untyped]
 import zstandard
 
 from .errors import FormatError
@@ -165,7 +166,7 @@ class _Lz4LegacyEncoder:
             comp = lz4.block.compress(data, mode=self._mode, compression=self._level, store_size=False)
         else:
             comp = lz4.block.compress(data, mode=self._mode, store_size=False)
-        return _LE32.pack(len(comp)) + comp
+        return _LE32.pack(len(comp)) + bytes(comp)
 
     def compress(self, data: bytes, /) -> bytes:
         out = [self._header()]
@@ -424,18 +425,16 @@ def open_decompressor(src: bytes | BinaryIO) -> BinaryIO:
     Corrupt data raises FormatError (lz4) or the library's error (zlib.error, lzma.LZMAError,
     zstandard.ZstdError) while reading; use `decompress_stream` for checked whole-buffer decoding.
     """
-    stream: BinaryIO = io.BytesIO(src) if isinstance(src, bytes | bytearray) else src
-    buffered = io.BufferedReader(stream, COPY_CHUNK) if not hasattr(stream, "peek") else stream  # type: ignore[arg-type]
-    compression = detect(buffered.peek(8)[:8])  # type: ignore[attr-defined]
+    stream = io.BytesIO(bytes(src)) if isinstance(src, bytes | bytearray) else src
+    reader = io.BufferedReader(cast(io.RawIOBase, stream), COPY_CHUNK)
+    compression = detect(reader.peek(8)[:8])
     if compression is None:
-        return buffered  # type: ignore[return-value]
+        return cast(BinaryIO, reader)
     if compression is Compression.GZIP:
-        import gzip
-
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        return cast(BinaryIO, gzip.GzipFile(fileobj=reader, mode="rb"))
     if compression is Compression.XZ:
-        return lzma.LZMAFile(buffered, "rb")  # type: ignore[return-value]
+        return cast(BinaryIO, lzma.LZMAFile(reader, "rb"))
     if compression is Compression.ZSTD:
-        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        return io.BufferedReader(reader, COPY_CHUNK)  # type: ignore[arg-type, return-value]
-    return io.BufferedReader(_Lz4LegacyReader(buffered), COPY_CHUNK)  # type: ignore[return-value]
+        zreader = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
+        return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, zreader), COPY_CHUNK))
+    return cast(BinaryIO, io.BufferedReader(_Lz4LegacyReader(cast(BinaryIO, reader)), COPY_CHUNK))

@@ -12,10 +12,10 @@ that its output is byte-identical to GNU cpio's for the same tree (tests/test_cp
 * inodes are renumbered from 0 in archive order, c_devmajor/c_devminor are 0 (--ignore-devno);
 * a directory's c_nlink is 2 + its subdirectories, as on a real filesystem (GNU takes st_nlink);
 * hard links: every name of the inode has the same c_ino and c_nlink; GNU *defers* the names of a
-  multiply-linked file until the last one is reached, then writes them all with size 0 and puts the
-  data on the last name. The kernel accepts this (init/initramfs.c maybe_link() links later names to
-  the first and opens the inode without O_TRUNC to write the data), and so do we, including the
-  reordering this implies;
+  multiply-linked file until the last one is reached, then writes them all with size 0 (most
+  recently deferred first) and puts the data on the last name. We do the same, reordering included.
+  The kernel accepts it: init/initramfs.c maybe_link() links later names to the first one and opens
+  the inode without O_TRUNC to write the data;
 * the trailer has c_nlink 1 and all other fields 0, and the archive is padded with zeros to a
   multiple of 512 bytes (GNU's block size; `CpioOptions.pad_trailer_to`). The kernel skips zeros
   between archives (init/initramfs.c: unpack_to_rootfs() and the Reset state).
@@ -48,6 +48,7 @@ from .sysroot import Sysroot
 
 NEWC_MAGIC = b"070701"  # "new" portable ASCII format without checksum; the only one the kernel reads
 OLD_ASCII_MAGIC = b"070707"  # odc: the kernel says "incorrect cpio method used: use -H newc option"
+CPIO_MAGIC_PREFIX = b"07070"  # common to all ASCII cpio formats (newc, crc, odc)
 TRAILER = "TRAILER!!!"
 HEADER_SIZE = 110  # 6 bytes magic + 13 fields * 8 hex digits
 ALIGN = 4  # header+name and data are each padded to a multiple of 4 bytes
@@ -157,7 +158,7 @@ class NewcHeader:
             raise FormatError("cpio name is truncated", offset=name_at, field="name")
         if name[-1] != 0 or b"\0" in name[:-1]:
             raise FormatError("cpio name is not a NUL-terminated string", offset=name_at, field="name")
-        kw = dict(zip(_FIELD_ATTRS, values, strict=True))
+        kw = dict(zip(FIELD_NAMES, values, strict=True))
         del kw["c_namesize"]
         header = cls(**kw, name=name[:-1])
         data_at = name_at + namesize
@@ -179,7 +180,6 @@ FIELD_NAMES = (
     "c_namesize",
     "c_check",
 )
-_FIELD_ATTRS = FIELD_NAMES
 assert [f.name for f in fields(NewcHeader) if f.name != "name"] == [
     n for n in FIELD_NAMES if n != "c_namesize"
 ]
@@ -355,7 +355,7 @@ def _write_name(st: _ArchiveState, inode: _Inode, path: str, sysroot: Sysroot, o
         return
     f = inode.file
     nlink = len(inode.names)
-    for name in inode.deferred:
+    for name in reversed(inode.deferred):  # most recent first, as GNU cpio 2.13 does
         st.record(_header(f, inode.ino, nlink, 0, options, name))
     size = entry_size(f, sysroot)
     header = _header(f, inode.ino, nlink, size, options, path)
@@ -400,12 +400,15 @@ def write_initramfs(
     *,
     levels: dict[Compression, int] | None = None,
 ) -> list[SegmentStats]:
-    """Concatenate one archive per segment, each compressed as asked and padded to 4 bytes.
+    """Concatenate one archive per segment, each compressed as asked; all but the last padded to 4.
 
     init/initramfs.c unpack_to_rootfs() reads segments back to back: an uncompressed archive must
     start 4-aligned, zero bytes between segments are skipped, and a compressed segment ends where
-    its decompressor says. lz4 legacy has no end mark, so an lz4 segment that is not last is
-    followed by LZ4_END_OF_STREAM (a zero chunk size, where lib/decompress_unlz4.c stops).
+    its decompressor says (gzip, xz and zstd decode exactly one stream/frame and report the bytes
+    they used; lib/decompress_unzstd.c loops until the frame is complete). The last segment is not
+    padded, so that e.g. `zstd -d` accepts the tail of the file as is. lz4 legacy has no end mark,
+    so an lz4 segment that is not last is followed by LZ4_END_OF_STREAM (a zero chunk size, where
+    lib/decompress_unlz4.c stops).
     """
     counter = _CountingWriter(out)
     stats = []
@@ -414,9 +417,10 @@ def write_initramfs(
         level = (levels or {}).get(compression)
         with open_compressor(counter, compression, level) as w:  # type: ignore[arg-type]
             cpio_stats = write_cpio(manifest, sysroot, w, options)  # type: ignore[arg-type]
-        if compression is Compression.LZ4 and i + 1 < len(segments):
-            counter.write(b"\0" * _pad(counter.count) + LZ4_END_OF_STREAM)
-        counter.write(b"\0" * _pad(counter.count))
+        if i + 1 < len(segments):  # nothing after the last segment: its own tool reads it unchanged
+            if compression is Compression.LZ4:
+                counter.write(b"\0" * _pad(counter.count) + LZ4_END_OF_STREAM)
+            counter.write(b"\0" * _pad(counter.count))
         stats.append(SegmentStats(Compression(compression), start, counter.count - start, cpio_stats))
     return stats
 
@@ -478,7 +482,7 @@ class CpioReader:
         pos = 0
         while (m := _NON_ZERO.search(raw, pos)) is not None:  # zeros between segments are skipped
             pos = m.start()
-            if raw.startswith(NEWC_MAGIC, pos):
+            if raw.startswith(CPIO_MAGIC_PREFIX, pos):  # newc, or another cpio format parse() names
                 if pos % ALIGN:
                     raise FormatError("uncompressed cpio archive does not start 4-aligned", offset=pos)
                 end, count = self._parse_archive(memoryview(raw), pos)
@@ -599,7 +603,12 @@ def _kind(r: _Record) -> Kind:
 
 
 def _member_path(h: NewcHeader, offset: int) -> str:
-    name = os.fsdecode(h.name)
+    try:
+        name = h.name.decode()
+    except UnicodeDecodeError:  # image paths are str throughout initbuild (Manifest sorts by UTF-8)
+        raise FormatError(
+            f"cpio name {h.name!r} is not UTF-8", offset=offset + HEADER_SIZE, field="name"
+        ) from None
     try:
         return check_dest(name if name.startswith("/") else "/" + name)
     except PathError as e:
