@@ -87,7 +87,7 @@ def template_context(plan: Plan) -> dict[str, Any]:
             "kernel": plan.kver,
             "panic": str(p.panic),
             "cmdline": p.cmdline,
-            "modules": plan.names(),
+            "modules": [m.name for m in plan.modules if m.spec.stage.has(2)],
         },
         indent=2,
         sort_keys=True,

@@ -200,8 +200,9 @@ ib_wait_dev() {
 
 # What the kernel sees, for error messages about missing devices.
 ib_devices_seen() {
-    _ib_seen=$(awk 'NR > 2 { printf "%s ", $4 }' /proc/partitions 2>/dev/null)
-    echo "block devices: ${_ib_seen:-none}; drivers loaded: $(cut -d' ' -f1 /proc/modules 2>/dev/null | tr '\n' ' ')"
+    _ib_seen=$(awk 'NR > 2 { printf "%s%s", s, $4; s = " " }' /proc/partitions 2>/dev/null)
+    _ib_mods=$(awk '{ printf "%s%s", s, $1; s = " " }' /proc/modules 2>/dev/null)
+    echo "block devices: ${_ib_seen:-none}; drivers loaded: ${_ib_mods:-none}"
 }
 
 ib_marker() {
