@@ -717,3 +717,32 @@ def test_socket_in_tree_is_archived(tmp_path: Path) -> None:
         s.bind(os.fspath(sock_path))
         set_mtimes(root, EPOCH)
         assert ours(root) == gnu_cpio_create(root)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=600), prefix=st.sampled_from([b"", NEWC_MAGIC, NEWC_MAGIC + b"0" * 104]))
+def test_arbitrary_bytes_only_raise_format_error(tmp_path: Path, body: bytes, prefix: bytes) -> None:
+    path = tmp_path / "any.img"
+    path.write_bytes(prefix + body)
+    try:
+        _read_everything(path)
+    except FormatError:
+        pass
+
+
+def test_hard_link_data_on_first_name(tmp_path: Path) -> None:
+    """Writers other than GNU (e.g. by hand) may put the data on the first name; the kernel accepts
+    that too (maybe_link() opens later names without O_TRUNC), and so do we."""
+    reg = stat.S_IFREG | 0o755
+    archive = (
+        NewcHeader(c_ino=7, c_mode=reg, c_nlink=2, c_filesize=5, name=b"bin/a").pack()
+        + b"data\n\0\0\0"
+        + NewcHeader(c_ino=7, c_mode=reg, c_nlink=2, name=b"bin/b").pack()
+        + NewcHeader(name=TRAILER.encode()).pack()
+    )
+    (tmp_path / "img").write_bytes(archive)
+    reader = CpioReader(tmp_path / "img")
+    a, b = reader.members()
+    assert (a.kind, a.size, b.kind, b.target, b.size) == (Kind.FILE, 5, Kind.HARDLINK, "/bin/a", 5)
+    assert reader.read(a) == reader.read(b) == b"data\n"
+    assert run(["cpio", "-t", "--quiet"], input=archive).stdout.split() == [b"bin/a", b"bin/b"]
