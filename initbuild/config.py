@@ -49,11 +49,14 @@ def load_profile(path: str | Path | None, overrides: dict[str, Any] | None = Non
     """Load a profile file (the shipped default when None) and apply command-line overrides."""
     file = Path(path) if path is not None else DEFAULT_PROFILE
     if file.is_dir():
-        raise ConfigError(f"{file}: is a directory, expected a profile file (.yaml)")
+        raise ConfigError("is a directory, expected a profile file (.yaml)", location=Location(file))
     root = yamlread.load_file(file)
     profile = _read_profile(root, str(file))
     if overrides:
-        profile = replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "kernel" in overrides and (problem := _check_kver(overrides["kernel"])):
+            raise ConfigError(f"--kver: {problem}")
+        profile = replace(profile, **overrides)
     return profile
 
 
@@ -62,84 +65,90 @@ def load_profile_text(text: str, name: str = "<string>") -> Profile:
 
 
 def _read_profile(root: yaml.Node | None, file: str) -> Profile:
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
+        # no document, or an empty one: a truncated file, or the wrong file
+        raise ConfigError(
+            "the profile is empty (no YAML document, only comments or nothing)",
+            location=Location(file, 1),
+            hint="write {} to build with every default",
+        )
     r = yamlread.Reader(file)
     m = r.mapping(root, "", PROFILE_KEYS)
     kw: dict[str, Any] = {"source": file}
     locs: dict[str, Location] = {k: r.loc(v) for k, v in m.items()}
 
-    if "mode" in m and (v := r.choice(m["mode"], "mode", [x.value for x in Mode])):
-        kw["mode"] = Mode(v)
-    if "kernel" in m and (v := r.scalar(m["kernel"], "kernel", str)):
-        kw["kernel"] = r.checked(m["kernel"], "kernel", v, _check_kver) or "auto"
-    if "sysroot" in m and (v := r.scalar(m["sysroot"], "sysroot", str)):
-        kw["sysroot"] = v
+    # Values are tested with `is not None`: 0, false and "" are values (and "" is checked), not absent.
+    if "mode" in m and (mode := r.choice(m["mode"], "mode", [x.value for x in Mode])) is not None:
+        kw["mode"] = Mode(mode)
+    if "kernel" in m and (kver := r.scalar(m["kernel"], "kernel", str)) is not None:
+        kw["kernel"] = r.checked(m["kernel"], "kernel", kver, _check_kver)
+    if "sysroot" in m and (root_dir := r.scalar(m["sysroot"], "sysroot", str)) is not None:
+        kw["sysroot"] = r.checked(m["sysroot"], "sysroot", root_dir, _check_nonempty)
     for key in ("modules", "omit_modules", "drivers", "optional_drivers", "boot_drivers", "binaries"):
         if key in m:
-            items = r.seq(m[key], key) or []
             values = []
-            for i, item in enumerate(items):
-                v = r.scalar(item, f"{key}[{i}]", str)
-                if v is not None and r.checked(item, f"{key}[{i}]", v, _check_name):
-                    values.append(v)
+            for i, item in enumerate(r.seq(m[key], key) or []):
+                name = r.scalar(item, f"{key}[{i}]", str)
+                if name is not None and r.checked(item, f"{key}[{i}]", name, _check_name) is not None:
+                    values.append(name)
                     locs[f"{key}[{i}]"] = r.loc(item)
-                    locs[f"{key}:{v}"] = r.loc(item)
+                    locs.setdefault(f"{key}:{name}", r.loc(item))
             kw[key] = tuple(values)
     if "files" in m:
         kw["files"] = tuple(_read_files(r, m["files"], locs))
-    if "compression" in m and (v := r.choice(m["compression"], "compression", CPIO_COMPRESSIONS)):
-        kw["compression"] = v
-    if "compression_level" in m and (v := r.scalar(m["compression_level"], "compression_level", int)):
-        kw["compression_level"] = r.checked(m["compression_level"], "compression_level", v, _check_level)
-    if "early_microcode" in m and (b := r.scalar(m["early_microcode"], "early_microcode", bool)) is not None:
-        kw["early_microcode"] = b
-    if "cmdline" in m and (v := r.scalar(m["cmdline"], "cmdline", str)) is not None:
-        kw["cmdline"] = r.checked(m["cmdline"], "cmdline", v, _check_cmdline) or ""
-    if "panic" in m and (v := r.choice(m["panic"], "panic", [x.value for x in Panic])):
-        kw["panic"] = Panic(v)
+    if "compression" in m:
+        kw["compression"] = r.choice(m["compression"], "compression", CPIO_COMPRESSIONS)
+    if (
+        "compression_level" in m
+        and (level := r.scalar(m["compression_level"], "compression_level", int)) is not None
+    ):
+        kw["compression_level"] = r.checked(m["compression_level"], "compression_level", level, _check_level)
+    if "early_microcode" in m:
+        kw["early_microcode"] = r.scalar(m["early_microcode"], "early_microcode", bool)
+    if "cmdline" in m and (cmdline := r.scalar(m["cmdline"], "cmdline", str)) is not None:
+        kw["cmdline"] = r.checked(m["cmdline"], "cmdline", cmdline, _check_cmdline)
+    if "panic" in m and (panic := r.choice(m["panic"], "panic", [x.value for x in Panic])) is not None:
+        kw["panic"] = Panic(panic)
     if "output" in m:
         om = r.mapping(m["output"], "output", ("dir",))
-        if "dir" in om and (v := r.scalar(om["dir"], "output.dir", str)):
-            kw["output_dir"] = v
+        if "dir" in om and (out_dir := r.scalar(om["dir"], "output.dir", str)) is not None:
+            kw["output_dir"] = r.checked(om["dir"], "output.dir", out_dir, _check_nonempty)
     if "stage2" in m:
         kw["stage2"] = _read_stage2(r, m["stage2"], locs)
     if "overlay" in m:
         kw["overlay"] = _read_overlay(r, m["overlay"], locs)
     r.raise_if_errors()
-    return Profile(locations=locs, **kw)
+    return Profile(locations=locs, **{k: v for k, v in kw.items() if v is not None})
 
 
 def _read_files(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> list[FileSpec]:
     out = []
     for i, item in enumerate(r.seq(node, "files") or []):
         key = f"files[{i}]"
+        mode: int | None = None
+        optional = False
         if isinstance(item, yaml.ScalarNode):
-            src = r.scalar(item, key, str)
-            if src is None:
-                continue
-            spec = {"source": src, "dest": src}
+            source = dest = r.scalar(item, key, str)
         else:
             fm = r.mapping(item, key, FILE_KEYS, required=("source",))
-            spec = {}
-            for k in ("source", "dest"):
-                if k in fm and (v := r.scalar(fm[k], f"{key}.{k}", str)):
-                    spec[k] = v
-            spec.setdefault("dest", spec.get("source", ""))
-            if "mode" in fm and (mode := _read_mode(r, fm["mode"], f"{key}.mode")) is not None:
-                spec["mode"] = mode
-            if "optional" in fm and (b := r.scalar(fm["optional"], f"{key}.optional", bool)) is not None:
-                spec["optional"] = b
-            if "source" not in spec:
-                continue
-        if not str(spec["source"]).startswith("/"):
-            r.error(item, key, f"source '{spec['source']}' must be an absolute path inside the sysroot")
+            source = r.scalar(fm["source"], f"{key}.source", str) if "source" in fm else None
+            dest = r.scalar(fm["dest"], f"{key}.dest", str) if "dest" in fm else source
+            if "mode" in fm:
+                mode = _read_mode(r, fm["mode"], f"{key}.mode")
+            if "optional" in fm:
+                optional = bool(r.scalar(fm["optional"], f"{key}.optional", bool))
+        if source is None or dest is None:
+            continue
+        if not source.startswith("/"):
+            r.error(item, key, f"source '{source}' must be an absolute path inside the sysroot")
             continue
         try:
-            spec["dest"] = check_dest(str(spec["dest"]))
+            dest = check_dest(dest)
         except PathError as e:
             r.error(item, key, str(e))
             continue
         locs[key] = r.loc(item)
-        out.append(FileSpec(**spec))
+        out.append(FileSpec(source, dest, mode, optional))
     return out
 
 
@@ -179,8 +188,8 @@ def _read_stage2(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location])
     for k in ("all_drivers", "firmware"):
         if k in sm and (b := r.scalar(sm[k], f"stage2.{k}", bool)) is not None:
             kw[k] = b
-    for k, v in sm.items():
-        locs[f"stage2.{k}"] = r.loc(v)
+    for k, vnode in sm.items():
+        locs[f"stage2.{k}"] = r.loc(vnode)
     return Stage2Spec(**{k: v for k, v in kw.items() if v is not None})
 
 
@@ -207,8 +216,8 @@ def _read_overlay(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]
         )
     if "attach" in om:
         kw["attach"] = r.choice(om["attach"], "overlay.attach", ("auto", "loop", "file", "direct"))
-    for k, v in om.items():
-        locs[f"overlay.{k}"] = r.loc(v)
+    for k, vnode in om.items():
+        locs[f"overlay.{k}"] = r.loc(vnode)
     for k in ("bootfs", "bootfstype", "fstype"):
         if k in kw and not kw[k]:
             r.error(om[k], f"overlay.{k}", "must not be empty")
@@ -227,6 +236,10 @@ def _check_name(v: str) -> str | None:
     if ".." in v.split("/"):
         return f"'{v}' escapes the root ('..' is not allowed)"
     return None
+
+
+def _check_nonempty(v: str) -> str | None:
+    return "must not be empty" if not v.strip() else None
 
 
 def _check_level(v: int) -> str | None:

@@ -189,6 +189,10 @@ def load_spec(path: Path, name: str, priority: int) -> ModuleSpec:
     for key in ("requires", "binaries", "optional_binaries", "drivers", "optional_drivers", "firmware"):
         if key in m:
             kw[key] = tuple(r.str_list(m[key], key))
+    if isinstance(m.get("requires"), yaml.SequenceNode):  # each item's line, for errors naming it
+        for item in m["requires"].value:
+            if isinstance(item, yaml.ScalarNode):
+                locs.setdefault(f"requires:{item.value}", r.loc(item))
     if "dirs" in m:
         kw["dirs"] = tuple(
             _dest(r, m["dirs"], f"dirs[{i}]", d) for i, d in enumerate(r.str_list(m["dirs"], "dirs"))
@@ -385,7 +389,7 @@ def select(profile: Profile, specs: dict[str, ModuleSpec], kver: str, check: Che
     `check(spec)` evaluates availability against the sysroot and returns (Check, reason).
     A requested or required module that is unavailable or omitted is a ModuleError naming the chain.
     """
-    errors: list[ConfigError] = []
+    errors: list[ConfigError] = []  # the profile names a module that does not exist
     for key in ("modules", "omit_modules"):
         for name in getattr(profile, key):
             if name not in specs:
@@ -393,7 +397,7 @@ def select(profile: Profile, specs: dict[str, ModuleSpec], kver: str, check: Che
 
                 close = difflib.get_close_matches(name, list(specs), n=1)
                 errors.append(
-                    ModuleError(
+                    ConfigError(
                         f"{key}: unknown module '{name}'",
                         location=profile.where(f"{key}:{name}"),
                         hint=f"did you mean '{close[0]}'?" if close else "`initbuild modules` lists them",
@@ -444,25 +448,35 @@ def _visit(
     profile: Profile,
 ) -> None:
     path = [*chain, name]
+    # where the edge chain[-1] -> name is written: the requires item in the parent's module.yaml
+    required_at = specs[chain[-1]].locations.get(f"requires:{name}") if chain else None
     if name in chain:
-        raise ModuleError(f"cyclic requires: {' -> '.join(path)}", location=Location(specs[name].yaml_path))
+        raise ModuleError(f"cyclic requires: {' -> '.join(path)}", location=required_at)
     if name in reasons:
         return
     if name not in specs:
         raise ModuleError(
-            f"module '{chain[-1]}' requires '{name}', which does not exist",
-            location=specs[chain[-1]].locations.get("requires"),
+            f"module '{chain[-1]}' requires '{name}', which does not exist", location=required_at
         )
-    where = profile.where(f"modules:{path[0]}")
+    requested_at = profile.where(f"modules:{path[0]}")
     if name in omitted:
+        omitted_at = profile.where(f"omit_modules:{name}")
+        if not chain:
+            raise ModuleError(
+                f"module '{name}' is both requested (modules) and omitted (omit_modules)",
+                location=omitted_at,
+            )
         raise ModuleError(
             f"{' -> '.join(path)}: '{name}' is omitted by the profile (omit_modules) but required",
-            location=where,
+            location=omitted_at,
+            hint=f"remove '{name}' from omit_modules",
         )
     st, reason = status(name)
     if st is Check.UNAVAILABLE:
         via = f" (required via {' -> '.join(path)})" if chain else ""
-        raise ModuleError(f"module '{name}' is unavailable: {reason}{via}", location=where)
+        raise ModuleError(
+            f"module '{name}' is unavailable: {reason}{via}", location=requested_at or required_at
+        )
     for dep in specs[name].requires:
         _visit(dep, f"required by {name}", path, specs, status, omitted, reasons, profile)
     reasons[name] = why

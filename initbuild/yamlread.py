@@ -24,21 +24,46 @@ def parse(text: str, file: Path | str) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
-        msg = f"YAML syntax error: {e.problem or e.context}"
-        raise ConfigError(msg, location=loc) from None
+        raise syntax_error(e, file) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"YAML error: {e}", location=Location(file)) from None
+
+
+def syntax_error(e: yaml.MarkedYAMLError, file: Path | str) -> ConfigError:
+    """PyYAML's context ("while scanning a quoted scalar", where it began) and problem, in one line.
+
+    The location is where the parser gave up, except at the end of the file, where the start of the
+    unfinished construct (an unclosed quote or bracket) is the line worth pointing at.
+    """
+    problem, context = e.problem or "", e.context or ""
+    mark = e.problem_mark
+    at_end = "end of stream" in problem or "<stream end>" in problem
+    if e.context_mark is not None and (mark is None or at_end):
+        mark = e.context_mark
+    if "'\\t'" in problem:
+        msg = "a tab character; YAML indents with spaces only"
+    elif context and problem:
+        cm = e.context_mark
+        at = f" (line {cm.line + 1}, column {cm.column + 1})" if cm is not None and cm is not mark else ""
+        msg = f"{context}{at}: {problem}"
+    else:
+        msg = problem or context
+    loc = Location(file, mark.line + 1, mark.column + 1) if mark is not None else Location(file)
+    hint = "the quote or bracket that starts here is never closed" if at_end and mark is not None else None
+    return ConfigError(f"YAML syntax error: {msg}", location=loc, hint=hint)
 
 
 def load_file(path: Path) -> yaml.Node | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from None
+        raise ConfigError("no such file", location=Location(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", location=Location(path)
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", location=Location(path)) from None
     return parse(text, path)
 
 
@@ -54,8 +79,8 @@ class Reader:
         self.errors: list[ConfigError] = []
 
     def loc(self, node: yaml.Node | None) -> Location:
-        if node is None:
-            return Location(self.file)
+        if node is None:  # an empty document: its errors belong at the top of the file
+            return Location(self.file, 1)
         m = node.start_mark
         return Location(self.file, m.line + 1, m.column + 1)
 
@@ -64,6 +89,8 @@ class Reader:
         self.errors.append(ConfigError(prefix + message, location=self.loc(node), hint=hint))
 
     def raise_if_errors(self) -> None:
+        """Raise what was recorded, in file order (unknown keys are found before bad values)."""
+        self.errors.sort(key=_position)
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
@@ -119,11 +146,19 @@ class Reader:
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, key, f"expected {_TYPE_NAMES.get(typ, typ.__name__)}, got {_describe(node)}")
             return None
-        value = (
-            yaml.SafeLoader("").construct_object(node) if node.tag != "tag:yaml.org,2002:str" else node.value
-        )
-        if typ is str and node.tag == "tag:yaml.org,2002:str":
-            return value  # type: ignore[no-any-return]
+        if node.tag == "tag:yaml.org,2002:str":
+            value: Any = node.value
+        else:
+            try:
+                value = yaml.SafeLoader("").construct_object(node)
+            except (yaml.YAMLError, ValueError, KeyError, TypeError):
+                # an explicit tag the value does not fit (`!!int abc`), or one YAML does not know
+                tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+                what = "unknown tag" if tag.startswith("!") and not tag.startswith("!!") else "tag"
+                self.error(node, key, f"cannot read {node.value!r} with {what} '{tag}'")
+                return None
+        if typ is str and isinstance(value, str):
+            return value  # type: ignore[return-value]
         if typ is int and isinstance(value, int) and not isinstance(value, bool):
             return value  # type: ignore[return-value]
         if typ is bool and isinstance(value, bool):
@@ -169,6 +204,11 @@ class Reader:
         return value
 
 
+def _position(e: ConfigError) -> tuple[int, int]:
+    loc = e.location
+    return (loc.line or 0, loc.column or 0) if loc is not None else (0, 0)
+
+
 def _describe(node: yaml.Node) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
@@ -179,10 +219,14 @@ def _describe(node: yaml.Node) -> str:
         "str": "a string",
         "int": "an integer",
         "bool": "a boolean",
-        "null": "nothing",
         "float": "a number",
+        "timestamp": "a date",
     }
-    return f"{names.get(tag, tag)} ({node.value!r})" if tag != "null" else "nothing"
+    if tag == "null":
+        return "nothing"
+    if tag == "str":
+        return f"a string ({node.value!r})"
+    return f"{names.get(tag, tag)} ({node.value})"
 
 
 def plain(node: yaml.Node | None) -> Any:
