@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log
-from .errors import EXIT_INTERRUPTED, EXIT_OK, ConfigError, InitbuildError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, InitbuildError
 
 DESCRIPTION = """\
 initbuild generates initoverlayfs boot images from a YAML profile.
@@ -64,11 +64,16 @@ def parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     ap.add_argument("--version", action="version", version=f"initbuild {__version__}")
+    ap.add_argument(
+        "--plugin-path",
+        action="store_true",
+        help="print the path of the kernel-install plugin (link it into /etc/kernel/install.d) and exit",
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     common.add_argument("--debug", action="store_true", help="tracebacks and the commands initbuild runs")
-    sub = ap.add_subparsers(dest="verb", metavar="VERB", required=True)
+    sub = ap.add_subparsers(dest="verb", metavar="VERB")
 
     def add(name: str, help: str, desc: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -95,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
         help="output directory (default: the profile's output.dir, ./out)",
     )
     b.add_argument("--force", action="store_true", help="replace existing outputs")
+    b.add_argument(
+        "--all-kernels",
+        action="store_true",
+        help="build for every kernel of the sysroot (each has its own initramfs-KVER/initoverlayfs-KVER names)",
+    )
 
     for verb, help in (
         ("config", "print the validated profile"),
@@ -153,6 +163,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
+    if args.plugin_path:
+        print(Path(__file__).resolve().parent / "kernel-install" / "50-initbuild.install")
+        return EXIT_OK
+    if args.verb is None:
+        ap.print_usage(sys.stderr)
+        print("initbuild: a VERB is required (see initbuild --help)", file=sys.stderr)
+        return EXIT_USAGE
     level = log.QUIET if args.quiet else log.NORMAL + args.verbose
     if args.debug:
         level = log.DEBUG
@@ -195,12 +212,26 @@ def _dirs(args: argparse.Namespace) -> list[Path] | None:
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import build
 
+    from dataclasses import replace
+
+    from .collect import host_kernels
+    from .sysroot import Sysroot
+
     profile = _load(args)
     outdir = args.output or Path(profile.output_dir)
-    report = build(profile, outdir, force=args.force, modules_dirs=_dirs(args))
-    for o in report.outputs:
-        log.info(f"  {outdir / o.path}  {o.size / 1e6:8.2f} MB  {o.kind} ({o.compression})")
-    log.info(f"built in {report.timings[-1][1]:.2f} s; details in {outdir / 'build.json'}")
+    profiles = [profile]
+    if args.all_kernels:
+        kernels = host_kernels(Sysroot(profile.sysroot))
+        if not kernels:
+            raise InitbuildError(
+                f"no kernels found in {profile.sysroot} (/boot/vmlinuz-V with /lib/modules/V)"
+            )
+        profiles = [replace(profile, kernel=k) for k in kernels]
+    for p in profiles:
+        report = build(p, outdir, force=args.force, modules_dirs=_dirs(args))
+        for o in report.outputs:
+            log.info(f"  {outdir / o.path}  {o.size / 1e6:8.2f} MB  {o.kind} ({o.compression})")
+        log.info(f"built {report.kver} in {report.timings[-1][1]:.2f} s; details in {outdir / 'build.json'}")
     return EXIT_OK
 
 

@@ -119,8 +119,10 @@ def unpack(reader: ImageReader, dest: str | os.PathLike[str]) -> int:
             os.symlink(m.target, target)
         elif m.kind is Kind.FIFO:
             os.mkfifo(target, m.mode)
+            os.chmod(target, m.mode)  # mkfifo's mode is reduced by the umask
         elif m.kind in (Kind.CHAR, Kind.BLOCK) and os.geteuid() == 0 and m.rdev is not None:
             os.mknod(target, m.kind.s_ifmt | m.mode, os.makedev(*m.rdev))
+            os.chmod(target, m.mode)
         else:
             continue  # sockets, or devices without root: nothing sensible to create
         count += 1
@@ -130,6 +132,8 @@ def unpack(reader: ImageReader, dest: str | os.PathLike[str]) -> int:
 
 
 def _check_parents(root: Path, target: Path) -> None:
+    if target == root:
+        return
     p = target.parent
     while p != root:
         if p.is_symlink():

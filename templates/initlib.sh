@@ -9,7 +9,7 @@ IB_BREAK=
 IB_KMSG=/dev/kmsg
 
 ib_uptime() {
-    IFS=' ' read -r _ib_up _ib_idle < /proc/uptime 2>/dev/null || _ib_up=?
+    IFS=' ' read -r _ib_up _ib_idle < /proc/uptime 2>/dev/null || _ib_up='?'
     echo "$_ib_up"
 }
 
@@ -149,11 +149,14 @@ ib_partuuid() {
     [ -b "$_ib_dev" ] || return 1
     if [ "$(dd if="$_ib_dev" bs=1 skip=512 count=8 2>/dev/null)" = "EFI PART" ]; then
         # GPT header at LBA 1: entries LBA (le64 at 72), entry size (le32 at 84)
+        # shellcheck disable=SC2046 # od prints numbers: split them into $1 $2
         set -- $(od -An -tu4 -j $((512 + 72)) -N 4 "$_ib_dev") $(od -An -tu4 -j $((512 + 84)) -N 4 "$_ib_dev")
         _ib_off=$(($1 * 512 + (_ib_n - 1) * $2 + 16))
+        # shellcheck disable=SC2046 # one word per byte
         set -- $(od -An -tx1 -j "$_ib_off" -N 16 "$_ib_dev")
         echo "$4$3$2$1-$6$5-$8$7-$9${10}-${11}${12}${13}${14}${15}${16}"
     else
+        # shellcheck disable=SC2046 # one word per byte
         set -- $(od -An -tx1 -j 440 -N 4 "$_ib_dev")
         printf '%s-%02x\n' "$4$3$2$1" "$_ib_n"
     fi
