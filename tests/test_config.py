@@ -181,27 +181,29 @@ def test_bad_profile_in_process(path: Path, sysroot: Path) -> None:
     dirs = [MODULES_DIR, Path(opts["--modules-dir"])] if "--modules-dir" in opts else None
 
     if case.layer == "config":
-        with pytest.raises(ConfigError) as ei:
+        with pytest.raises(ConfigError) as in_config:
             load_profile(path, overrides)
-        errors = _errors(ei.value)
+        errors = _errors(in_config.value)
         assert sorted(e.location.line for e in errors if e.location and e.location.line) == sorted(case.lines)
         assert all(e.location is not None and str(e.location.file) == str(path) for e in errors)
-        text = str(ei.value)
+        text = str(in_config.value)
         assert all(s in text for s in case.expect), text
         return
 
     profile = load_profile(path, overrides)
+    err: InitbuildError
     if case.layer == "plan":
-        with pytest.raises(InitbuildError) as ei:
+        with pytest.raises(InitbuildError) as in_plan:
             make_plan(profile, modules_dirs=dirs)
-    else:
+        err = in_plan.value
+    else:  # planning succeeds; collecting finds the sysroot lacks something
         plan, root = make_plan(profile, modules_dirs=dirs)
-        with pytest.raises(ResolveError) as ei:
+        with pytest.raises(ResolveError) as in_collect:
             collect(plan, root)
-    assert ei.value.exit_code == case.exit
-    loc = ei.value.location
-    assert loc is not None and loc.line is not None, str(ei.value)
-    assert f"{loc.file}:{loc.line}:" in case.locations(sysroot)
+        err = in_collect.value
+    assert err.exit_code == case.exit
+    assert err.location is not None and err.location.line is not None, str(err)
+    assert f"{err.location.file}:{err.location.line}:" in case.locations(sysroot)
 
 
 # -- in-process details ------------------------------------------------------------------------

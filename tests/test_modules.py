@@ -1,0 +1,455 @@
+"""modules.d: discovery, module.yaml parsing, and selection (dracut's three-way check) on fake trees."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from test_config import FAKE_KVER, FIXTURES, make_fake_sysroot
+
+from initbuild import run
+from initbuild.config import load_profile_text
+from initbuild.errors import ConfigError, ConfigErrors, Location, ModuleError
+from initbuild.modules import (
+    MODULES_DIR,
+    Check,
+    CheckFn,
+    DeviceItem,
+    FileItem,
+    ModuleSpec,
+    Plan,
+    Stage,
+    SymlinkItem,
+    TemplateItem,
+    discover,
+    select,
+)
+from initbuild.profile import Mode
+
+
+def make_tree(root: Path, modules: dict[str, str]) -> Path:
+    """A modules.d directory: {"10name": module.yaml text}."""
+    root.mkdir(parents=True, exist_ok=True)
+    for dirname, text in modules.items():
+        (root / dirname).mkdir()
+        (root / dirname / "module.yaml").write_text(text)
+    return root
+
+
+def mod(description: str = "test", **keys: str) -> str:
+    """module.yaml text; values are written as given (YAML flow syntax)."""
+    return f'description: "{description}"\n' + "".join(f"{k}: {v}\n" for k, v in keys.items())
+
+
+def checker(unavailable: Iterable[str] = (), calls: list[str] | None = None) -> CheckFn:
+    """A check function standing in for the sysroot: the named modules are unavailable."""
+    bad = set(unavailable)
+
+    def check(spec: ModuleSpec) -> tuple[Check, str]:
+        if calls is not None:
+            calls.append(spec.name)
+        if spec.name in bad:
+            return Check.UNAVAILABLE, f"binary '{spec.name}-tool' not found in the sysroot"
+        return spec.check, "ok"
+
+    return check
+
+
+def plan(tree: Path, profile: str = "{}", unavailable: Iterable[str] = ()) -> Plan:
+    p = load_profile_text(profile, "p.yaml")
+    return select(p, discover([tree]), "6.1", checker(unavailable))
+
+
+# A small tree exercising the three-way check:
+#   base (include)   net (include, requires base)   crypt (on demand, requires dm)
+#   dm (on demand)   debug (on demand)              late (include, prefix 95)
+THREE_WAY = {
+    "00base": mod("base system", check="include"),
+    "40net": mod("network", requires="[base]"),
+    "50crypt": mod("encrypted root", check="on-demand", requires="[dm]"),
+    "60dm": mod("device mapper", check="on-demand"),
+    "70debug": mod("debug shell", check="on-demand"),
+    "95late": mod("late hooks"),
+}
+
+
+@pytest.fixture
+def three_way(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "modules.d", THREE_WAY)
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+
+def test_discover_names_and_priorities(three_way: Path) -> None:
+    (three_way / "README").write_text("not a module")
+    (three_way / ".git").mkdir()
+    specs = discover([three_way])
+    assert {n: s.priority for n, s in specs.items()} == {
+        "base": 0, "net": 40, "crypt": 50, "dm": 60, "debug": 70, "late": 95,
+    }  # fmt: skip
+    assert specs["net"].requires == ("base",)
+    assert specs["crypt"].check is Check.ON_DEMAND and specs["base"].check is Check.INCLUDE
+    assert specs["late"].check is Check.INCLUDE  # the default
+    assert specs["late"].stage is Stage.TWO and specs["late"].modes == (Mode.INITOVERLAYFS, Mode.PLAIN)
+    assert specs["dm"].path == three_way / "60dm" and specs["dm"].hook is None
+
+
+def test_later_directory_overrides_by_name(three_way: Path, tmp_path: Path) -> None:
+    extra = make_tree(tmp_path / "extra", {"45dm": mod("replacement dm", check="include")})
+    specs = discover([three_way, extra])
+    assert specs["dm"].description == "replacement dm"
+    assert specs["dm"].priority == 45 and specs["dm"].path == extra / "45dm"
+    assert discover([extra, three_way])["dm"].description == "device mapper"
+
+
+def test_shipped_modules_parse() -> None:
+    specs = discover([MODULES_DIR])
+    assert {"base", "storage", "initoverlayfs", "stage2", "test"} <= set(specs)
+    assert all(s.description for s in specs.values())
+    assert specs["initoverlayfs"].modes == (Mode.INITOVERLAYFS,)
+    assert specs["test"].check is Check.ON_DEMAND
+
+
+def test_spec_fields(tmp_path: Path) -> None:
+    tree = make_tree(
+        tmp_path / "m",
+        {
+            "30full": mod(
+                "every key",
+                stage="both",
+                modes="[plain]",
+                needs="{binaries: [lvm], files: [/etc/lvm/lvm.conf]}",
+                binaries="[lvm, dmsetup]",
+                optional_binaries="[thin_check]",
+                files="[/etc/lvm/lvm.conf, {source: /etc/a, dest: /b, mode: '0600', optional: true}]",
+                dirs="[/run/lvm, etc/lvm/]",
+                symlinks="[{path: /sbin/lvm2, target: lvm, override: true}]",
+                devices="[{path: /dev/mapper/control, type: char, major: 10, minor: 236}]",
+                drivers="[dm_mod]",
+                optional_drivers="[dm_thin_pool]",
+                firmware="[a.bin]",
+                templates="[{template: t.j2, dest: /etc/t, mode: '0600'}]",
+            )
+        },
+    )
+    (tree / "30full" / "t.j2").write_text("x")
+    s = discover([tree])["full"]
+    assert (s.stage, s.modes) == (Stage.BOTH, (Mode.PLAIN,))
+    assert (s.needs_binaries, s.needs_files) == (("lvm",), ("/etc/lvm/lvm.conf",))
+    assert s.binaries == ("lvm", "dmsetup") and s.optional_binaries == ("thin_check",)
+    assert s.files == (
+        FileItem("/etc/lvm/lvm.conf", "/etc/lvm/lvm.conf"),
+        FileItem("/etc/a", "/b", 0o600, optional=True),
+    )
+    assert s.dirs == ("/run/lvm", "/etc/lvm")
+    assert s.symlinks == (SymlinkItem("/sbin/lvm2", "lvm", override=True),)
+    assert s.devices == (DeviceItem("/dev/mapper/control", "char", 10, 236, 0o600),)
+    assert (s.drivers, s.optional_drivers, s.firmware) == (("dm_mod",), ("dm_thin_pool",), ("a.bin",))
+    assert s.templates == (TemplateItem("t.j2", "/etc/t", 0o600),)
+    assert s.locations["binaries"] == Location(tree / "30full" / "module.yaml", 5, 11)
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        (mod(requries="[base]"), 2, "unknown key 'requries'"),
+        (mod(stage="three"), 2, "stage: 'three' is not one of: one, two, both"),
+        (mod(check="maybe"), 2, "check: 'maybe' is not one of: include, on-demand"),
+        (mod(modes="[initramfs]"), 2, "modes[0]: 'initramfs' is not one of: initoverlayfs, plain"),
+        (mod(needs="{programs: [x]}"), 2, "unknown key 'needs.programs'"),
+        (mod(requires="base"), 2, "requires: expected a list, got a string ('base')"),
+        (mod(dirs="[/run, ../../etc]"), 2, "dirs[1]: path '../../etc' escapes the image root"),
+        (mod(files="[{dest: /a}]"), 2, "files[0]: missing required key 'source'"),
+        (mod(symlinks="[{path: /a}]"), 2, "symlinks[0]: missing required key 'target'"),
+        (mod(devices="[{path: /dev/x, type: pipe, major: 1, minor: 2}]"), 2,
+         "devices[0].type: 'pipe' is not one of: char, block"),
+        (mod(templates="[{template: nope.j2, dest: /x}]"), 2,
+         "templates[0].template: template 'nope.j2' not found"),
+        ("check: include\n", 1, "missing required key 'description'"),
+        ("", 1, "missing required key 'description'"),
+        ("description: [a]\n", 1, "description: expected a string, got a list"),
+        ("description: x\n  stage: one\n", 2, "YAML syntax error"),
+    ],
+)  # fmt: skip
+def test_module_yaml_errors_are_located(tmp_path: Path, text: str, line: int, message: str) -> None:
+    tree = make_tree(tmp_path / "m", {"50broken": text})
+    with pytest.raises(ConfigError) as ei:
+        discover([tree])
+    assert message in ei.value.message
+    assert ei.value.location is not None
+    assert (ei.value.location.file, ei.value.location.line) == (tree / "50broken" / "module.yaml", line)
+
+
+def test_discovery_reports_every_broken_module(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "m", {"10a": mod(stage="x"), "20b": mod(typo="1"), "Bad_Name": mod()})
+    (tree / "30c").mkdir()  # no module.yaml
+    with pytest.raises(ConfigErrors) as ei:
+        discover([tree])
+    text = str(ei.value)
+    assert len(ei.value.errors) == 4
+    assert "10a/module.yaml:2:8: stage:" in text
+    assert "20b/module.yaml:2:1: unknown key 'typo'" in text
+    assert "Bad_Name: module directories are named NNname" in text
+    assert "30c/module.yaml: missing" in text
+
+
+def test_missing_modules_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="modules directory not found"):
+        discover([tmp_path / "nope"])
+
+
+# -- selection: the three-way check ----------------------------------------------------------------
+
+
+def test_include_only_by_default(three_way: Path) -> None:
+    p = plan(three_way)
+    assert p.names() == ["base", "net", "late"]
+    assert {m.name: m.reason for m in p.modules} == {
+        "base": "included by default", "net": "included by default", "late": "included by default",
+    }  # fmt: skip
+    assert p.unavailable == ()
+
+
+def test_on_demand_when_requested_or_required(three_way: Path) -> None:
+    p = plan(three_way, "modules: [crypt]\n")
+    # dm (60) comes before crypt (50): requires wins over the prefix
+    assert p.names() == ["base", "net", "dm", "crypt", "late"]
+    reasons = {m.name: m.reason for m in p.modules}
+    assert reasons["crypt"] == "requested by the profile"
+    assert reasons["dm"] == "required by crypt"
+    assert "debug" not in reasons
+
+
+def test_unavailable_is_skipped_silently_when_not_asked_for(three_way: Path) -> None:
+    p = plan(three_way, unavailable=["net", "debug"])
+    assert p.names() == ["base", "late"]
+    assert p.unavailable == (
+        ("debug", "binary 'debug-tool' not found in the sysroot"),
+        ("net", "binary 'net-tool' not found in the sysroot"),
+    )
+    assert json.loads(json.dumps(p.to_json()))["unavailable"] == [
+        {"name": "debug", "why": "binary 'debug-tool' not found in the sysroot"},
+        {"name": "net", "why": "binary 'net-tool' not found in the sysroot"},
+    ]
+
+
+def test_unavailable_requested_is_an_error(three_way: Path) -> None:
+    with pytest.raises(ModuleError) as ei:
+        plan(three_way, "mode: plain\nmodules:\n  - debug\n", unavailable=["debug"])
+    assert ei.value.message == "module 'debug' is unavailable: binary 'debug-tool' not found in the sysroot"
+    assert ei.value.location == Location("p.yaml", 3, 5)
+    assert ei.value.exit_code == 2
+
+
+def test_unavailable_required_names_the_chain(three_way: Path) -> None:
+    with pytest.raises(ModuleError) as ei:
+        plan(three_way, "modules: [crypt]\n", unavailable=["dm"])
+    assert ei.value.message == (
+        "module 'dm' is unavailable: binary 'dm-tool' not found in the sysroot (required via crypt -> dm)"
+    )
+    assert ei.value.location == Location("p.yaml", 1, 11)  # where crypt was requested
+
+
+def test_unavailable_required_by_a_default_module(three_way: Path) -> None:
+    """Nobody asked for net, so the error points at the requires item in its module.yaml."""
+    with pytest.raises(ModuleError) as ei:
+        plan(three_way, unavailable=["base"])
+    assert "module 'base' is unavailable" in ei.value.message
+    assert "(required via net -> base)" in ei.value.message
+    assert ei.value.location == Location(three_way / "40net" / "module.yaml", 2, 12)
+
+
+def test_check_runs_only_for_modules_that_matter(three_way: Path) -> None:
+    calls: list[str] = []
+    p = load_profile_text("omit_modules: [late]\n", "p.yaml")
+    select(p, discover([three_way]), "6.1", checker(calls=calls))
+    assert "late" not in calls  # omitted: never evaluated
+    assert len(calls) == len(set(calls))  # at most once each
+
+
+def test_modes_filter(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "m", {"10one": mod(modes="[initoverlayfs]"), "20both": mod()})
+    assert plan(tree, "mode: plain\n").names() == ["both"]
+    assert plan(tree, "mode: plain\n").unavailable == (("one", "not used in plain mode"),)
+    assert plan(tree, "mode: initoverlayfs\n").names() == ["one", "both"]
+
+
+# -- omit ------------------------------------------------------------------------------------------
+
+
+def test_omit(three_way: Path) -> None:
+    assert plan(three_way, "omit_modules: [late, net]\n").names() == ["base"]
+
+
+def test_omit_required_names_the_chain(three_way: Path) -> None:
+    with pytest.raises(ModuleError) as ei:
+        plan(three_way, "omit_modules:\n  - base\n")
+    assert ei.value.message == "net -> base: 'base' is omitted by the profile (omit_modules) but required"
+    assert ei.value.location == Location("p.yaml", 2, 5)
+    assert ei.value.hint == "remove 'base' from omit_modules"
+
+
+def test_requested_and_omitted(three_way: Path) -> None:
+    with pytest.raises(ModuleError, match="both requested"):
+        plan(three_way, "modules: [debug]\nomit_modules: [debug]\n")
+
+
+@pytest.mark.parametrize(
+    "profile, line, column, message, hint",
+    [
+        ("modules: [dbug]\n", 1, 11, "modules: unknown module 'dbug'", "did you mean 'debug'?"),
+        ("omit_modules: [lat]\n", 1, 16, "omit_modules: unknown module 'lat'", "did you mean 'late'?"),
+        ("modules: [zzzzzz]\n", 1, 11, "modules: unknown module 'zzzzzz'", "`initbuild modules` lists them"),
+    ],
+)
+def test_unknown_module(
+    three_way: Path, profile: str, line: int, column: int, message: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as ei:
+        plan(three_way, profile)
+    assert (ei.value.message, ei.value.hint) == (message, hint)
+    assert ei.value.location == Location("p.yaml", line, column)
+
+
+def test_unknown_modules_reported_together(three_way: Path) -> None:
+    with pytest.raises(ConfigErrors) as ei:
+        plan(three_way, "modules: [a1]\nomit_modules: [b2]\n")
+    assert [e.location.line for e in ei.value.errors if e.location] == [1, 2]
+
+
+# -- ordering and requires ----------------------------------------------------------------------
+
+
+def test_order_by_prefix_then_name_then_requires(tmp_path: Path) -> None:
+    tree = make_tree(
+        tmp_path / "m",
+        {
+            "10zeta": mod(),
+            "10alpha": mod(),
+            "05first": mod(requires="[last]"),  # pulled after its dependency
+            "99last": mod(),
+            "50mid": mod(),
+        },
+    )
+    assert plan(tree).names() == ["alpha", "zeta", "mid", "last", "first"]
+
+
+def test_requires_cycle(tmp_path: Path) -> None:
+    tree = make_tree(
+        tmp_path / "m",
+        {"10a": mod(requires="[b]"), "20b": mod(requires="[c]"), "30c": mod(requires="[x, a]"), "40x": mod()},
+    )
+    with pytest.raises(ModuleError) as ei:
+        plan(tree)
+    assert ei.value.message == "cyclic requires: a -> b -> c -> a"
+    assert ei.value.location == Location(tree / "30c" / "module.yaml", 2, 15)
+
+
+def test_requires_self(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "m", {"10a": mod(check="on-demand", requires="[a]")})
+    assert plan(tree).names() == []  # on demand and not requested: never visited
+    with pytest.raises(ModuleError, match="cyclic requires: a -> a"):
+        plan(tree, "modules: [a]\n")
+
+
+def test_requires_missing_module(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "m", {"10a": mod(requires="\n  - nope")})
+    with pytest.raises(ModuleError) as ei:
+        plan(tree)
+    assert ei.value.message == "module 'a' requires 'nope', which does not exist"
+    assert ei.value.location == Location(tree / "10a" / "module.yaml", 3, 5)
+
+
+def test_shared_dependency_once(tmp_path: Path) -> None:
+    tree = make_tree(
+        tmp_path / "m",
+        {"10lib": mod(check="on-demand"), "20a": mod(requires="[lib]"), "30b": mod(requires="[lib]")},
+    )
+    p = plan(tree)
+    assert p.names() == ["lib", "a", "b"]
+    assert p.modules[0].reason == "required by a"
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def initbuild(*args: str) -> tuple[int, str, str]:
+    cp = run.run([sys.executable, "-m", "initbuild", *args], check=False)
+    return cp.returncode, cp.stdout.decode(), cp.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def sysroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_sysroot(tmp_path_factory.mktemp("sysroot"))
+
+
+def test_cli_modules_lists_descriptions(tmp_path: Path) -> None:
+    extra = make_tree(tmp_path / "extra", {"55extra": mod("an extra module", stage="one", check="on-demand")})
+    rc, out, err = initbuild("modules", "--modules-dir", str(extra))
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    assert "55extra            [one, on demand] an extra module" in lines
+    for spec in discover([MODULES_DIR]).values():
+        assert any(
+            line.startswith(f"{spec.priority:02d}{spec.name} ") and spec.description in line for line in lines
+        )
+    assert [line[:2] for line in lines] == sorted(line[:2] for line in lines)  # by prefix
+
+    rc, out, _ = initbuild("modules", "--json", "--modules-dir", str(extra))
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["extra"] == {
+        "name": "extra",
+        "priority": 55,
+        "stage": "one",
+        "check": "on_demand",
+        "requires": [],
+        "description": "an extra module",
+        "path": str(extra / "55extra"),
+    }
+    assert rows["initoverlayfs"]["requires"] == ["base", "storage"]
+
+
+def test_cli_modules_reports_broken_module() -> None:
+    rc, out, err = initbuild("modules", "--modules-dir", str(FIXTURES / "badkey"))
+    assert rc == 2 and out == ""
+    assert f"{FIXTURES}/badkey/50typo/module.yaml:3:1: unknown key 'requries'" in err
+    assert "Traceback" not in err
+
+
+def test_cli_plan_json_reasons(sysroot: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text("modules: [test]\n")
+    rc, out, err = initbuild(
+        "plan", "--json", str(profile), "--sysroot", str(sysroot), "--modules-dir", str(FIXTURES / "unavail")
+    )
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["kernel"] == FAKE_KVER and data["mode"] == "initoverlayfs"
+    assert [(m["name"], m["reason"]) for m in data["modules"]] == [
+        ("base", "included by default"),
+        ("storage", "included by default"),
+        ("initoverlayfs", "included by default"),
+        ("stage2", "included by default"),
+        ("test", "requested by the profile"),
+    ]
+    assert data["unavailable"] == [
+        {"name": "fancy", "why": "binary 'no-such-tool-xyz' not found in the sysroot"}
+    ]
+
+
+def test_cli_plan_override_and_omit(sysroot: Path, tmp_path: Path) -> None:
+    """A later modules dir replaces a shipped module by name (here storage, at a new prefix)."""
+    extra = make_tree(tmp_path / "extra", {"15storage": mod("replacement storage", stage="both")})
+    profile = tmp_path / "p.yaml"
+    profile.write_text("mode: plain\nomit_modules: [stage2]\n")
+    rc, out, err = initbuild("plan", str(profile), "--sysroot", str(sysroot), "--modules-dir", str(extra))
+    assert rc == 0, err
+    assert out.splitlines()[1:] == [
+        "  00base             stage both  included by default",
+        "  15storage          stage both  included by default",
+        "  (not used) initoverlayfs: not used in plain mode",
+    ]
