@@ -5,6 +5,10 @@ import posixpath
 # The commands the generated /init scripts and hooks run. Keep in sync with templates/*.sh.
 APPLETS = (
     "sh",
+    "find",
+    "sort",
+    "sha256sum",
+    "less",
     "mount",
     "umount",
     "switch_root",
