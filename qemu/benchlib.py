@@ -267,11 +267,11 @@ def sample_from(res: BootResult, marker: str, log_path: Path) -> Sample:
     return s
 
 
-def boot_once(vm: VM, marker: str, log_path: Path) -> Sample:
+def boot_once(vm: VM, marker: str, log_path: Path, *, quiet_failure: bool = False) -> Sample:
     res = boot(vm, log_path=log_path)
     s = sample_from(res, marker, log_path)
-    if not s.ok:
-        log.warning(f"boot failed ({s.error}); console log kept in {log_path}")
+    if not s.ok and not quiet_failure:
+        say(f"warning: boot failed ({s.error}); console log kept in {log_path}")
     return s
 
 
@@ -354,6 +354,11 @@ def step_deltas(steps: Sequence[tuple[float, str]], start: float | None) -> list
 def median_of(stats: dict[str, Stat | None], metric: str) -> float | None:
     st = stats.get(metric)
     return st.median if st else None
+
+
+def quiet_builds() -> None:
+    """initbuild's own progress lines would drown the benchmark's: warnings and errors only."""
+    log.set_level(log.QUIET)
 
 
 def say(msg: str) -> None:

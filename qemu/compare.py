@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bl.log.set_level(bl.log.QUIET)
+    bl.quiet_builds()
     kver = bl.kernel_version(args.kver)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Scaling benchmark: initoverlayfs against plain initramfs (lz4, zstd) as stage-two content grows.
+
+    python3 qemu/bench.py                    # full: 10/60/250/500 MB, 3 boots each, min RAM, build times
+    python3 qemu/bench.py --update-readme    # ... and put the results into README.md
+    python3 qemu/bench.py --quick            # CI: one size, one boot per variant
+
+Every size is built three times from the default profile plus the same payload (initoverlayfs with an
+lz4 stage one; plain lz4; plain zstd) and booted on one QEMU machine (see benchlib). Outputs: a markdown
+table on stdout, and results/latest.{json,svg,md} (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import benchlib as bl
+import buildbench
+import minram
+import payload as pl
+import report
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10,60,250,500", help="payload sizes in MB (default 10,60,250,500)")
+    ap.add_argument("--boots", type=int, default=3, help="boots per variant and size (default 3)")
+    ap.add_argument("--quick", action="store_true", help="CI: one size, one boot each")
+    ap.add_argument("--no-minram", action="store_true", help="skip the minimum-RAM probe")
+    ap.add_argument("--no-build-bench", action="store_true", help="skip the build-time benchmark")
+    ap.add_argument("--build-reps", type=int, default=3, help="runs per build-benchmark tool (default 3)")
+    ap.add_argument("--kver", help="kernel version (default: the newest installed)")
+    ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB (default 2048)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="host seconds per boot (default 600)")
+    ap.add_argument("--no-icount", action="store_true", help="KVM if it works, else TCG; not repeatable")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/initbuild-bench"), help="builds and logs")
+    ap.add_argument("--out", type=Path, help="results directory (default qemu/results; --quick: WORKDIR)")
+    ap.add_argument("--update-readme", action="store_true", help="rewrite the README's bench block")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.boots, args.no_minram, args.no_build_bench = "10", 1, True, True
+    if args.out is None:
+        args.out = args.workdir / "results" if args.quick else HERE / "results"
+    args.sizes = sorted({int(s) for s in str(args.sizes).split(",") if s.strip()})
+    return args
+
+
+def measure_size(
+    p: pl.Payload, kver: str, root: Path, args: argparse.Namespace, keep: bool
+) -> tuple[list[report.Result], bl.Machine]:
+    """Build the three variants of one payload and boot each on the same machine."""
+    out = args.workdir / p.label
+    bl.say(f"== payload {p.label}: {p.size / 1e6:.1f} MB in {len(p.chunks)} pieces")
+    images = {}
+    for v in bl.VARIANTS:
+        bl.say(f"building {v.name} ...")
+        images[v.name] = bl.build_variant(v, kver, out / v.name, p.files())
+        im = images[v.name]
+        bl.say(f"  {im.initrd_bytes / 1e6:.1f} MB initrd, {im.stage2_bytes / 1e6:.1f} MB stage two, "
+               f"{im.build_seconds:.1f} s")  # fmt: skip
+    stage2 = images[bl.OVERLAY.name].stage2
+    assert stage2 is not None
+    machine = make_machine(kver, root, stage2, args)
+    results = []
+    for v in bl.VARIANTS:
+        name = f"{p.label}-{v.name}"
+        initrd = images[v.name].initrd
+        samples = bl.boot_n(machine, initrd, args.boots, args.workdir / "logs", name, progress=bl.say)
+        results.append(report.Result(p.label, p.size, images[v.name], samples))
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return results, machine
+
+
+def make_machine(kver: str, root: Path, stage2: Path, args: argparse.Namespace) -> bl.Machine:
+    return bl.Machine(
+        kernel=Path(f"/boot/vmlinuz-{kver}"),
+        disks=bl.pmem_disks(root, stage2),
+        memory_mb=args.memory,
+        deterministic=not args.no_icount,
+        timeout=args.timeout,
+    )
+
+
+def measure_floor(machine: bl.Machine, args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel-only floor: same machine, an initramfs with busybox and an /init that only reports."""
+    initrd = bl.make_floor_initrd(args.workdir / "floor.img")
+    samples = bl.boot_n(machine, initrd, args.boots, args.workdir / "logs", "floor", marker=bl.FLOOR_MARKER)
+    st = bl.summarize(samples)
+    return {
+        "initrd_bytes": initrd.stat().st_size,
+        "ok": sum(s.ok for s in samples),
+        "stats": bl.stats_json(st),
+        "run_init": bl.median_of(st, "run_init"),
+        "marker": bl.median_of(st, "userspace"),
+    }
+
+
+# -- analysis: the acceptance points ------------------------------------------------------------------
+
+
+def by(results: Sequence[report.Result], variant: str) -> list[report.Result]:
+    return sorted((r for r in results if r.images.variant.name == variant), key=lambda r: r.payload_bytes)
+
+
+def nearest(rs: Sequence[report.Result], mb: float) -> report.Result | None:
+    return min(rs, key=lambda r: abs(r.payload_bytes / 1e6 - mb), default=None)
+
+
+def crossover(ov: Sequence[report.Result], plain: Sequence[report.Result]) -> str:
+    """Payload size where plain becomes slower than initoverlayfs (linear interpolation)."""
+    pts = []
+    for a, b in zip(ov, plain, strict=True):
+        ta, tb = a.median("userspace"), b.median("userspace")
+        if ta is not None and tb is not None:
+            pts.append((a.payload_bytes / 1e6, tb - ta))
+    if not pts:
+        return "n/a"
+    if pts[0][1] >= 0:
+        return f"below {pts[0][0]:.0f} MB (plain already slower at the smallest size)"
+    for (x0, d0), (x1, d1) in zip(pts, pts[1:], strict=False):
+        if d0 < 0 <= d1:
+            return f"~{x0 + (x1 - x0) * (-d0) / (d1 - d0):.0f} MB of payload"
+    return f"above {pts[-1][0]:.0f} MB (plain still faster at the largest size)"
+
+
+def analyse(results: Sequence[report.Result], floor: dict[str, Any] | None) -> dict[str, Any]:
+    ov, lz4, zstd = by(results, "initoverlayfs"), by(results, "plain-lz4"), by(results, "plain-zstd")
+    a: dict[str, Any] = {}
+    spreads = [
+        (r.label, r.images.variant.name, st.spread)
+        for r in results
+        if len(r.samples) > 1 and (st := r.stats.get("userspace"))
+    ]
+    a["determinism_max_spread_s"] = max((s for *_, s in spreads), default=None)
+    a["determinism_spreads"] = [[lbl, v, round(s, 6)] for lbl, v, s in spreads]
+    small, mid = (ov[0] if ov else None), nearest(ov, 250)
+    if small and mid and (t0 := small.median("userspace")) and (t1 := mid.median("userspace")):
+        a["flatness"] = {"small": small.label, "mid": mid.label, "t_small": t0, "t_mid": t1}
+        a["flatness"]["rel"] = t1 / t0 - 1
+    if mid:
+        for name, rs in (("plain-lz4", lz4), ("plain-zstd", zstd)):
+            p = nearest(rs, 250)
+            if p and (tp := p.median("userspace")) and (to := mid.median("userspace")):
+                a[f"ratio_{name}_at_{mid.label}"] = to / tp
+    a["crossover_plain_lz4"] = crossover(ov, lz4)
+    a["crossover_plain_zstd"] = crossover(ov, zstd)
+    if small and lz4:
+        first = next((s for s in small.samples if s.ok), None)
+        to, tp = small.median("userspace"), lz4[0].median("userspace")
+        a["stage1"] = {
+            "overhead_vs_plain_lz4_s": (to - tp) if to and tp else None,
+            "stage1_seconds": _diff(small.median("stage2_start"), small.median("run_init")),
+            "steps": step_rows(first),
+        }
+        a["plain_steps_small"] = step_rows(next((s for s in lz4[0].samples if s.ok), None))
+    if floor:
+        a["floor"] = {"run_init": floor["run_init"], "marker": floor["marker"]}
+    mems = [m for r in ov if (m := r.median("memavailable_kb")) is not None]
+    if mems:
+        a["memavailable_overlay_range_mib"] = (max(mems) - min(mems)) / 1024
+    p = nearest(lz4, 250)
+    mo = mid.median("memavailable_kb") if mid else None
+    mp = p.median("memavailable_kb") if p else None
+    if mid and mo is not None and mp is not None:
+        a["mem_gain_at_mid_mib"] = (mo - mp) / 1024
+        a["mid_label"] = mid.label
+        a["payload_at_mid_mib"] = mid.payload_bytes / (1 << 20)
+    return a
+
+
+def step_rows(s: bl.Sample | None) -> list[list[Any]]:
+    """[printk time, seconds since the previous step, message] from Run /init on."""
+    if s is None:
+        return []
+    return [[round(t, 6), round(d, 6), m] for t, d, m in bl.step_deltas(s.steps, s.run_init)]
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def summary_lines(a: dict[str, Any], minram_: list[minram.Probe]) -> list[str]:
+    """The acceptance numbers in words."""
+    out = []
+    if a.get("determinism_max_spread_s") is not None:
+        ms = a["determinism_max_spread_s"] * 1000
+        out.append(f"- Repeatability: identical boots differ by at most {ms:.1f} ms.")
+    if f := a.get("flatness"):
+        out.append(
+            f"- initoverlayfs time to userspace: {f['t_small']:.3f} s at {f['small']}, {f['t_mid']:.3f} s at "
+            f"{f['mid']} ({f['rel'] * 100:+.1f}%)."
+        )
+    for k, v in a.items():
+        if k.startswith("ratio_"):
+            _, name, _, lbl = k.split("_", 3)
+            out.append(f"- At {lbl}: initoverlayfs takes {v:.2f}x the time of {name}.")
+    out.append(f"- Crossover: plain-lz4 {a['crossover_plain_lz4']}; plain-zstd {a['crossover_plain_zstd']}.")
+    if s1 := a.get("stage1"):
+        fl = a.get("floor") or {}
+        out.append(
+            f"- Smallest size: stage one runs {report.fmt(s1['stage1_seconds'])} s (Run /init to stage two); "
+            f"initoverlayfs - plain-lz4 = {report.fmt(s1['overhead_vs_plain_lz4_s'])} s. Kernel-only floor: "
+            f"Run /init at {report.fmt(fl.get('run_init'))} s, a trivial /init's marker at "
+            f"{report.fmt(fl.get('marker'))} s."
+        )
+    if "memavailable_overlay_range_mib" in a:
+        rng = a["memavailable_overlay_range_mib"]
+        out.append(f"- initoverlayfs MemAvailable varies by {rng:.1f} MiB over all sizes.")
+    if "mem_gain_at_mid_mib" in a:
+        out.append(
+            f"- MemAvailable gain over plain-lz4 at {a['mid_label']}: {a['mem_gain_at_mid_mib']:.0f} MiB "
+            f"(payload {a['payload_at_mid_mib']:.0f} MiB)."
+        )
+    for p in minram_:
+        out.append(f"- Smallest -m reaching the real root, largest payload, {p.variant}: {p.min_mb} MiB.")
+    return out
+
+
+def steps_table(steps: list[list[Any]], title: str) -> str:
+    rows = [f"{title}\n", "| printk time (s) | since previous (ms) | step |", "|---:|---:|---|"]
+    rows += [f"| {t:.6f} | {d * 1000:.1f} | {m} |" for t, d, m in steps]
+    return "\n".join(rows)
+
+
+# -- outputs --------------------------------------------------------------------------------------------
+
+
+def write_outputs(
+    args: argparse.Namespace, data: dict[str, Any], results: list[report.Result], md: str
+) -> None:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(data, indent=1) + "\n")
+    sub = f"{data['kernel']}, {data['accel']}, -m {data['memory_mb']}, {data['when']}"
+    (out / "latest.svg").write_text(report.svg_plot(results, sub))
+    (out / "latest.md").write_text(md + "\n")
+    bl.say(f"wrote {out}/latest.json, latest.svg, latest.md")
+
+
+def readme_block(md_table: str, summary: list[str], data: dict[str, Any]) -> str:
+    sizes = ",".join(str(s) for s in data["sizes_mb"])
+    return "\n".join(
+        [
+            f"Latest run: {data['when']}, kernel {data['kernel']}, {data['accel']}, -m {data['memory_mb']}, "
+            f"{data['boots']} boots per variant (`python3 qemu/bench.py --sizes {sizes} --update-readme`).",
+            "",
+            "![time to userspace and MemAvailable against payload size](qemu/results/latest.svg)",
+            "",
+            md_table,
+            "",
+            *summary,
+            "",
+            "Details (per-step stage-one times, build times): "
+            "[qemu/results/latest.md](qemu/results/latest.md); "
+            "raw numbers: [qemu/results/latest.json](qemu/results/latest.json).",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bl.quiet_builds()
+    kver = bl.kernel_version(args.kver)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    payloads = pl.payloads(kver, args.sizes)
+    root = bl.make_real_root(args.workdir)
+    results: list[report.Result] = []
+    floor = None
+    machine = None
+    for i, p in enumerate(payloads):
+        last = i == len(payloads) - 1
+        rs, machine = measure_size(p, kver, root, args, keep=last)
+        results += rs
+        if i == 0:
+            bl.say("== kernel-only floor")
+            floor = measure_floor(machine, args)
+    assert machine is not None
+    probes: list[minram.Probe] = []
+    if not args.no_minram:
+        bl.say(f"== minimum RAM for {payloads[-1].label}")
+        probe_machine = make_machine(kver, root, machine.disks[1].path, args)
+        for r in results[-3:]:
+            name = r.images.variant.name
+            probes.append(minram.min_ram(probe_machine, r.images.initrd, name, args.workdir / "logs"))
+    build_data = None
+    if not args.no_build_bench:
+        tree_payload = next((p for p in payloads if p.target >= 60_000_000), payloads[-1])
+        tree = args.workdir / "writer-tree"
+        shutil.rmtree(tree, ignore_errors=True)
+        pl.materialize(tree_payload, tree)
+        bdir = args.workdir / "buildbench"
+        build_data = buildbench.run_all(kver, bdir, tree, tree_payload.size, args.build_reps)
+    analysis = analyse(results, floor)
+    summary = summary_lines(analysis, probes)
+    data = {
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": kver,
+        "accel": machine.accel(),
+        "memory_mb": args.memory,
+        "boots": args.boots,
+        "sizes_mb": args.sizes,
+        "payloads": [p.to_json() for p in payloads],
+        "results": [r.to_json() for r in results],
+        "floor": floor,
+        "analysis": analysis,
+        "minram": [p.to_json() for p in probes],
+        "build": build_data,
+    }
+    table = report.scaling_table(results)
+    md = [table, "", *summary]
+    if s1 := analysis.get("stage1"):
+        title = f"Steps, initoverlayfs at {results[0].label} (first boot):"
+        md += ["", steps_table(s1["steps"], title)]
+    if ps := analysis.get("plain_steps_small"):
+        md += ["", steps_table(ps, f"Steps, plain-lz4 at {results[0].label} (first boot):")]
+    if build_data:
+        md += ["", "Build times:", "", buildbench.table(build_data)]
+    print("\n".join(md))
+    write_outputs(args, data, results, "\n".join(md))
+    if args.update_readme:
+        block = readme_block(table, summary, data)
+        for f in (bl.REPO / "README.md", HERE / "README-section.md"):
+            if f.exists() and report.update_readme(f, block):
+                bl.say(f"updated the bench block in {f}")
+            else:
+                bl.say(f"no {report.README_BEGIN} ... {report.README_END} block in {f}: not updated")
+    failed = [f"{r.label}/{r.images.variant.name}" for r in results if not r.all_ok]
+    if failed or (floor and not floor["ok"]):
+        bl.say(f"FAILED boots: {', '.join(failed) or 'floor'} (console logs in {args.workdir}/logs)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
