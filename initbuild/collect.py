@@ -350,7 +350,9 @@ class Collector:
             if firmware:
                 for fw in self.kmods.firmware_paths(km):
                     self.add_path(fw, why=f"firmware of {km.name}")
-        for path, data in sorted(self.kmods.index_files(list(res.modules)).items()):
+        # Stage one insmods explicit paths in a fixed order: modprobe's indexes are dead weight there.
+        indexes = self.kmods.index_files(list(res.modules)) if self.stage == 2 else {}
+        for path, data in sorted(indexes.items()):
             dest = path if path.startswith("/") else f"/lib/modules/{self.kver}/{path}"
             self.add_data(dest, data, why="module index for modprobe")
         self.module = "profile"
