@@ -146,6 +146,7 @@ class ErofsReader:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        self._fd = -1
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
@@ -247,6 +248,10 @@ class ErofsReader:
             )
         maxc = 1
         if algs:
+            if pos + 6 > BLOCK_SIZE:
+                raise FormatError(
+                    "LZ4 config record outside block 0", offset=1024 + 0x0D, field="sb_extslots"
+                )
             length, _dist, maxc = struct.unpack_from("<HHH", block0, pos)
             if length < 4 or pos + 2 + length > BLOCK_SIZE:
                 raise FormatError("bad LZ4 config record length", offset=pos, field="z_erofs_lz4_cfgs")

@@ -54,6 +54,7 @@ from .format import (
     LZ4_MAX_DISTANCE,
     SB_CHECKSUM_OFFSET,
     SUPERBLOCK,
+    XATTR_IBODY_HEADER,
     Z_EROFS_ADVISE_BIG_PCLUSTER_1,
     Z_EROFS_ADVISE_BIG_PCLUSTER_2,
     Z_EROFS_ADVISE_COMPACTED_2B,
@@ -501,6 +502,7 @@ def write_erofs(manifest: Manifest, sysroot: Sysroot, out: BinaryIO, options: Er
             next_block += len(blocks)
             dir_blocks += blocks
     meta = bytearray(meta_blocks * BLOCK_SIZE)
+    meta_end = 0
     for n, rec, nid in zip(nodes, records, nids, strict=True):
         p = placements.get(n.index)
         body = _inode_bytes(n, rec, p, nid) + n.xattrs
@@ -510,11 +512,17 @@ def write_erofs(manifest: Manifest, sysroot: Sysroot, out: BinaryIO, options: Er
         else:
             body += rec.tail
         meta[rec.offset : rec.offset + len(body)] = body
+        meta_end = max(meta_end, rec.offset + len(body))
     out.seek(meta_blkaddr * BLOCK_SIZE)
     out.write(meta)
     for b in dir_blocks:
         out.write(b + bytes(-len(b) % BLOCK_SIZE))
     total_blocks = next_block
+    if not dir_blocks and len(meta) - meta_end < XATTR_IBODY_HEADER.size:
+        # fsck.erofs 1.5 reads an xattr header after every inode, even one without xattrs, and
+        # fails ("failed to read xattr header") when the image ends within those 12 bytes
+        out.write(bytes(BLOCK_SIZE))
+        total_blocks += 1
     compressed = [p for p in placements.values() if p.layout == EROFS_INODE_COMPRESSED_COMPACT]
     maxc = max((pc.blocks for p in compressed for pc in p.pclusters if pc.compressed), default=0)
     digest = hashlib.sha256(data_digest + bytes(meta) + b"".join(dir_blocks)).digest()
