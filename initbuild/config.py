@@ -56,7 +56,9 @@ def load_profile(path: str | Path | None, overrides: dict[str, Any] | None = Non
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "kernel" in overrides and (problem := _check_kver(overrides["kernel"])):
             raise ConfigError(f"--kver: {problem}")
-        profile = replace(profile, **overrides)
+        # an overridden value was not written in the file: errors about it must not point there
+        locs = {k: v for k, v in profile.locations.items() if k not in overrides}
+        profile = replace(profile, **overrides, locations=locs)
     return profile
 
 

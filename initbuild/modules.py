@@ -189,10 +189,12 @@ def load_spec(path: Path, name: str, priority: int) -> ModuleSpec:
     for key in ("requires", "binaries", "optional_binaries", "drivers", "optional_drivers", "firmware"):
         if key in m:
             kw[key] = tuple(r.str_list(m[key], key))
-    if isinstance(m.get("requires"), yaml.SequenceNode):  # each item's line, for errors naming it
-        for item in m["requires"].value:
-            if isinstance(item, yaml.ScalarNode):
-                locs.setdefault(f"requires:{item.value}", r.loc(item))
+    for key in ("requires", "binaries", "drivers", "files"):  # each item's line, for errors naming it
+        if isinstance(m.get(key), yaml.SequenceNode):
+            for i, item in enumerate(m[key].value):
+                locs[f"{key}[{i}]"] = r.loc(item)
+                if isinstance(item, yaml.ScalarNode):
+                    locs.setdefault(f"{key}:{item.value}", r.loc(item))
     if "dirs" in m:
         kw["dirs"] = tuple(
             _dest(r, m["dirs"], f"dirs[{i}]", d) for i, d in enumerate(r.str_list(m["dirs"], "dirs"))

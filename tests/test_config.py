@@ -327,6 +327,8 @@ def test_locations_of_list_items() -> None:
 def test_overrides_are_validated() -> None:
     p = load_profile(DEFAULT_PROFILE, {"kernel": "6.1.0-1-amd64", "sysroot": "/srv/root", "mode": None})
     assert (p.kernel, p.sysroot, p.mode) == ("6.1.0-1-amd64", "/srv/root", Mode.INITOVERLAYFS)
+    assert p.where("kernel") is None and p.where("sysroot") is None  # not from the file any more
+    assert p.where("mode") is not None
     with pytest.raises(ConfigError, match=r"--kver: '\.\./x' is not a kernel version"):
         load_profile(DEFAULT_PROFILE, {"kernel": "../x"})
 

@@ -150,7 +150,11 @@ def test_spec_fields(tmp_path: Path) -> None:
     assert s.devices == (DeviceItem("/dev/mapper/control", "char", 10, 236, 0o600),)
     assert (s.drivers, s.optional_drivers, s.firmware) == (("dm_mod",), ("dm_thin_pool",), ("a.bin",))
     assert s.templates == (TemplateItem("t.j2", "/etc/t", 0o600),)
-    assert s.locations["binaries"] == Location(tree / "30full" / "module.yaml", 5, 11)
+    yml = tree / "30full" / "module.yaml"
+    assert s.locations["binaries"] == Location(yml, 5, 11)
+    assert s.locations["binaries:dmsetup"] == s.locations["binaries[1]"] == Location(yml, 5, 17)
+    assert s.locations["drivers:dm_mod"] == Location(yml, 11, 11)
+    assert s.locations["files[1]"] == Location(yml, 7, 28)
 
 
 @pytest.mark.parametrize(
