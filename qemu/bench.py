@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure_size(
-    p: pl.Payload, kver: str, root: Path, args: argparse.Namespace, keep: bool
+    p: pl.Payload, kver: str, root: Path, args: argparse.Namespace
 ) -> tuple[list[report.Result], bl.Machine]:
     """Build the three variants of one payload and boot each on the same machine."""
     out = args.workdir / p.label
@@ -76,8 +76,6 @@ def measure_size(
         initrd = images[v.name].initrd
         samples = bl.boot_n(machine, initrd, args.boots, args.workdir / "logs", name, progress=bl.say)
         results.append(report.Result(p.label, p.size, images[v.name], samples))
-    if not keep:
-        shutil.rmtree(out, ignore_errors=True)
     return results, machine
 
 
@@ -279,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     machine = None
     for i, p in enumerate(payloads):
         last = i == len(payloads) - 1
-        rs, machine = measure_size(p, kver, root, args, keep=last)
+        rs, machine = measure_size(p, kver, root, args)
         results += rs
         if i == 0:
             bl.say("== kernel-only floor")
             floor = measure_floor(machine, args)
+        if not last:  # the largest stays for the min-RAM probe
+            shutil.rmtree(args.workdir / p.label, ignore_errors=True)
     assert machine is not None
     probes: list[minram.Probe] = []
     if not args.no_minram:
