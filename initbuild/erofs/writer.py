@@ -79,6 +79,9 @@ from .zmap import MAX_DELTA, Pcluster, encode_compact, lclusters_of
 
 COMPRESSIONS = ("lz4hc", "lz4", "none")
 CHUNK_LCLUSTERS = 1024  # 4 MiB of input per compression task: bounds memory, keeps cores busy
+# A segment takes at most INPUT_PER_BLOCK lclusters per pcluster block: lz4hc gets slower per byte
+# on inputs beyond its 64 KiB window, and a longer extent means more read amplification.
+INPUT_PER_BLOCK = 4
 FILL = 0.985  # aim segments at this fraction of the pcluster so few need a second compression
 USE_COMPACT_2B = True  # 2-byte compact index packs, as mkfs.erofs 1.5 writes (notes §7.4)
 MIN_KERNEL_BIG_PCLUSTER = (5, 13)  # COMPR_CFGS/BIG_PCLUSTER (notes §2)
@@ -195,7 +198,7 @@ def segment(
     notes §7.6); PLAIN runs are returned unpadded.
     """
     total = -(-len(data) // BLOCK_SIZE)
-    nmax = min(MAX_DELTA, max(16, 4 * maxc))
+    nmax = min(MAX_DELTA, max(16, INPUT_PER_BLOCK * maxc))
     target = maxc * BLOCK_SIZE * FILL
     out: list[tuple[Pcluster, bytes]] = []
     ratio = 0.5
