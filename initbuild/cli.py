@@ -143,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("src_dir", type=Path)
     e.add_argument("image", type=Path)
     e.add_argument("--compress", choices=("lz4hc", "lz4", "none"), default="lz4hc")
-    e.add_argument("--level", type=int, default=12, help="lz4hc level 1-12 (default 12)")
+    e.add_argument("--level", type=int, default=9, help="lz4hc level 1-12 (default 9, as mkfs.erofs; 12 is ~4x slower for ~0.3%% smaller)")
     e.add_argument(
         "--pcluster-size",
         type=int,

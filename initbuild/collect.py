@@ -290,24 +290,24 @@ class Collector:
         for d in spec.dirs:
             self.add_dir(d)
         for b in spec.binaries:
-            self.add_binary(b, location=loc.get("binaries"))
+            self.add_binary(b, location=loc.get(f"binaries:{b}") or loc.get("binaries"))
         for b in spec.optional_binaries:
             self.add_binary(b, optional=True)
-        for f in spec.files:
+        for i, f in enumerate(spec.files):
             self.add_file(
                 f.source,
                 f.dest,
                 mode=f.mode,
                 optional=f.optional,
                 override=f.override,
-                location=loc.get("files"),
+                location=loc.get(f"files[{i}]") or loc.get("files"),
             )
         for s in spec.symlinks:
             self.add_symlink(s.path, s.target, override=s.override)
         for dv in spec.devices:
             self.add_device(dv.path, dv.type, dv.major, dv.minor, dv.mode)
         for name in spec.drivers:
-            self.add_driver(name, location=loc.get("drivers"))
+            self.add_driver(name, location=loc.get(f"drivers:{name}") or loc.get("drivers"))
         for name in spec.optional_drivers:
             self.add_driver(name, optional=True)
         for fw in spec.firmware:
@@ -330,16 +330,17 @@ class Collector:
         optional = [n for n, opt, _, _ in self._drivers if opt]
         if all_drivers:
             optional += [n for n in self.kmods.all_modules() if n not in required]
-        try:
-            res = self.kmods.resolve(required, optional=optional)
-        except ResolveError as e:
-            who = next(((m, loc) for n, _, m, loc in self._drivers if n in e.message), None)
-            if who:
-                where = f"kernel driver wanted by {'the profile' if who[0] == 'profile' else 'module ' + repr(who[0])}"
+        # Name every missing required driver, each with who asked for it, before resolving.
+        for name, opt, module, location in self._drivers:
+            if not opt and not self.kmods.lookup(name):
+                who = "the profile" if module == "profile" else f"module {module!r}"
                 raise ResolveError(
-                    f"{e.message} ({where}, kernel {self.kver})", location=who[1] or e.location
-                ) from None
-            raise
+                    f"kernel driver '{name}' (wanted by {who}) is not a module, alias or builtin of "
+                    f"kernel {self.kver}",
+                    location=location,
+                    hint=f"list /lib/modules/{self.kver}/modules.dep in the sysroot, or use optional_drivers",
+                )
+        res = self.kmods.resolve(required, optional=optional)
         for name in res.missing_optional:
             if not all_drivers:
                 log.verbose(f"optional driver '{name}' is not in kernel {self.kver}, skipped")

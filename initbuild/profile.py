@@ -52,7 +52,7 @@ class OverlaySpec:
 @dataclass(frozen=True)
 class Stage2Spec:
     compression: Stage2Compression = Stage2Compression.LZ4HC
-    level: int = 12
+    level: int = 9
     pcluster_size: int = 65536
     all_drivers: bool = False  # every module of the kernel
     firmware: bool = True  # firmware of the selected drivers

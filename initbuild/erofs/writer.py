@@ -90,7 +90,7 @@ MIN_KERNEL_BIG_PCLUSTER = (5, 13)  # COMPR_CFGS/BIG_PCLUSTER (notes §2)
 @dataclass(frozen=True)
 class ErofsOptions:
     compression: str = "lz4hc"  # "lz4hc" | "lz4" | "none"
-    level: int = 12  # lz4hc level (1..12); mkfs.erofs -zlz4hc uses 9
+    level: int = 9  # lz4hc level (1..12); 9 as mkfs.erofs -zlz4hc: 12 is ~4x slower for ~0.3% smaller
     pcluster_size: int = 65536  # max physical bytes per compressed pcluster (4 KiB multiple, <= 1 MiB)
     build_time: int = 0  # seconds: superblock time = time of every compact inode and of mtime=None
     uuid: bytes | None = None  # 16 bytes; None: derived from the image content

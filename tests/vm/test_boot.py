@@ -204,14 +204,18 @@ def test_failure_stage_two_image_corrupt(
         log_dir,
         "fail-corrupt",
     )
-    _assert_diagnosed(res, r"cannot mount stage two image /boot/corrupt\.img on LABEL=root \(erofs\): .*cannot find valid erofs superblock")
+    _assert_diagnosed(
+        res,
+        r"cannot mount stage two image /boot/corrupt\.img on LABEL=root \(erofs\): .*cannot find valid erofs superblock",
+    )
 
 
 def test_failure_bootfs_never_appears(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     extra = "initbuild.bootfs=UUID=00000000-1111-2222-3333-444444444444 initbuild.timeout=2"
     res = _fail_boot(kernel, overlay.path("initramfs"), extra, (Disk(root_disk),), log_dir, "fail-nobootfs")
     _assert_diagnosed(
-        res, r"bootfs UUID=00000000-1111-2222-3333-444444444444 did not appear within 2s \(block devices: vda; drivers loaded: .*virtio_blk"
+        res,
+        r"bootfs UUID=00000000-1111-2222-3333-444444444444 did not appear within 2s \(block devices: vda; drivers loaded: .*virtio_blk",
     )
 
 
