@@ -109,7 +109,10 @@ class BootResult:
     def explain(self) -> str:
         tail = "\n".join(self.console.splitlines()[-40:])
         state = "timed out" if self.timed_out else f"exit {self.returncode}"
-        return f"qemu {state} after {self.wall:.1f} s\ncommand: {self.command()}\n--- console (last 40 lines) ---\n{tail}"
+        return (
+            f"qemu {state} after {self.wall:.1f} s\ncommand: {self.command()}\n"
+            f"--- console (last 40 lines) ---\n{tail}"
+        )
 
     def run_init_time(self) -> float | None:
         """printk time of 'Run /init as init process' (the kernel handing over to userspace)."""

@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--all-kernels",
         action="store_true",
-        help="build for every kernel of the sysroot (each has its own initramfs-KVER/initoverlayfs-KVER names)",
+        help="build for every kernel of the sysroot (outputs are named by kernel version)",
     )
 
     for verb, help in (
@@ -143,7 +143,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("src_dir", type=Path)
     e.add_argument("image", type=Path)
     e.add_argument("--compress", choices=("lz4hc", "lz4", "none"), default="lz4hc")
-    e.add_argument("--level", type=int, default=9, help="lz4hc level 1-12 (default 9, as mkfs.erofs; 12 is ~4x slower for ~0.3%% smaller)")
+    e.add_argument(
+        "--level",
+        type=int,
+        default=9,
+        help="lz4hc level 1-12 (default 9, as mkfs.erofs; 12 is ~4x slower for ~0.3%% smaller)",
+    )
     e.add_argument(
         "--pcluster-size",
         type=int,
@@ -210,10 +215,9 @@ def _dirs(args: argparse.Namespace) -> list[Path] | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
-
     from dataclasses import replace
 
+    from .build import build
     from .collect import host_kernels
     from .sysroot import Sysroot
 

@@ -439,7 +439,8 @@ def resolve_kernel(sysroot: Sysroot, profile: Profile) -> str:
     if profile.kernel != "auto":
         if not sysroot.is_dir(f"/lib/modules/{profile.kernel}"):
             raise ResolveError(
-                f"kernel {profile.kernel}: /lib/modules/{profile.kernel} not found in the sysroot {sysroot.root}",
+                f"kernel {profile.kernel}: /lib/modules/{profile.kernel} not found "
+                f"in the sysroot {sysroot.root}",
                 location=profile.where("kernel"),
                 hint=f"installed: {', '.join(found) or 'none'}",
             )

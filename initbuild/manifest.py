@@ -236,7 +236,9 @@ class Manifest:
             if e.kind is Kind.HARDLINK:
                 t = self.entries.get(e.target or "")
                 if t is None or t.kind is not Kind.FILE:
-                    raise ModuleError(f"hard link {e.path} points to {e.target}, which is not a file in the image")
+                    raise ModuleError(
+                        f"hard link {e.path} points to {e.target}, which is not a file in the image"
+                    )
 
 
 def _join(a: tuple[str, ...], b: Iterable[str]) -> tuple[str, ...]:

@@ -206,7 +206,8 @@ def test_failure_stage_two_image_corrupt(
     )
     _assert_diagnosed(
         res,
-        r"cannot mount stage two image /boot/corrupt\.img on LABEL=root \(erofs\): .*cannot find valid erofs superblock",
+        r"cannot mount stage two image /boot/corrupt\.img on LABEL=root \(erofs\): "
+        r".*cannot find valid erofs superblock",
     )
 
 
@@ -215,7 +216,8 @@ def test_failure_bootfs_never_appears(kernel: Path, overlay: Built, root_disk: P
     res = _fail_boot(kernel, overlay.path("initramfs"), extra, (Disk(root_disk),), log_dir, "fail-nobootfs")
     _assert_diagnosed(
         res,
-        r"bootfs UUID=00000000-1111-2222-3333-444444444444 did not appear within 2s \(block devices: vda; drivers loaded: .*virtio_blk",
+        r"bootfs UUID=00000000-1111-2222-3333-444444444444 did not appear within 2s "
+        r"\(block devices: vda; drivers loaded: .*virtio_blk",
     )
 
 
