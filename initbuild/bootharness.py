@@ -11,14 +11,12 @@ import functools
 import os
 import re
 import shlex
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import log
-from .run import find_tool
+from .run import find_tool, spawn
 
 MARKER = "initbuild-marker:"
 PANIC_PATTERNS = ("Kernel panic", "Attempted to kill init")
@@ -133,9 +131,8 @@ class BootResult:
 def boot(vm: VM, *, log_path: Path | None = None) -> BootResult:
     """Run the VM until every `expect` substring was seen (then stop it), it exits, or timeout."""
     argv = vm.argv()
-    log.debug("+ " + shlex.join(argv))
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = spawn(argv)
     chunks: list[str] = []
     done = threading.Event()
 

@@ -28,6 +28,21 @@ def have_tool(name: str) -> bool:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":" + _SAFE_PATH) is not None
 
 
+def spawn(argv: Argv) -> subprocess.Popen[bytes]:
+    """Start argv in the background (never through a shell) with stdout+stderr on one pipe.
+
+    For long-running programs read while they run (QEMU's serial console); the caller waits.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ " + shlex.join(args))
+    try:
+        return subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    except FileNotFoundError as e:
+        raise ToolError(f"'{args[0]}' not found (exit 127): {shlex.join(args)}") from e
+
+
 def run(
     argv: Argv,
     *,
