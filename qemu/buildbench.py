@@ -18,6 +18,7 @@ from typing import Any
 
 import benchlib as bl
 
+from initbuild.errors import ToolError
 from initbuild.run import find_tool, have_tool, run
 
 
@@ -88,30 +89,42 @@ def mkfs_erofs(tree: Path, img: Path, reps: int) -> Timing | None:
     if not have_tool("mkfs.erofs"):
         return None
     tool = find_tool("mkfs.erofs", reason="compare stage-two writers")
-    argv = [tool, "-q", "-zlz4hc", str(img), str(tree)]
+    argv = [tool, "-zlz4hc", str(img), str(tree)]  # 1.5 has no -q; run() captures its output
     size = img.stat
     return timed(argv, reps, lambda: size().st_size, "mkfs.erofs -zlz4hc", before=lambda: img.unlink(True))
+
+
+def guarded(f: Callable[[], Timing | None], name: str, errors: list[str]) -> Timing | None:
+    """A tool that fails is reported in the results, not allowed to lose the boot measurements."""
+    try:
+        return f()
+    except ToolError as e:
+        errors.append(f"{name}: {str(e).splitlines()[0]}")
+        bl.say(f"warning: {name} failed: {e}")
+        return None
 
 
 def run_all(kver: str, work: Path, tree: Path, tree_bytes: int, reps: int) -> dict[str, Any]:
     """Both comparisons in one run; missing tools are reported as such, not as failures."""
     work.mkdir(parents=True, exist_ok=True)
     bl.say(f"build benchmark: initbuild build vs mkinitramfs ({reps} runs each) ...")
+    errors: list[str] = []
     timings: list[Timing | None] = [
-        initbuild_build(work / "initbuild-out", reps),
-        mkinitramfs(kver, work / "mkinitramfs.img", reps),
+        guarded(lambda: initbuild_build(work / "initbuild-out", reps), "initbuild build", errors),
+        guarded(lambda: mkinitramfs(kver, work / "mkinitramfs.img", reps), "mkinitramfs", errors),
     ]
     bl.say(f"build benchmark: stage-two writers on a {tree_bytes / 1e6:.0f} MB tree ...")
     writers: list[Timing | None] = [
-        initbuild_erofs(tree, work / "initbuild.erofs", reps),
-        mkfs_erofs(tree, work / "mkfs.erofs", reps),
+        guarded(lambda: initbuild_erofs(tree, work / "initbuild.erofs", reps), "initbuild erofs", errors),
+        guarded(lambda: mkfs_erofs(tree, work / "mkfs.erofs", reps), "mkfs.erofs", errors),
     ]
     return {
         "reps": reps,
         "initramfs": [t.to_json() for t in timings if t],
         "stage2_tree_bytes": tree_bytes,
         "stage2_writer": [t.to_json() for t in writers if t],
-        "missing": [n for n, t in (("mkinitramfs", timings[1]), ("mkfs.erofs", writers[1])) if t is None],
+        "missing": [n for n in ("mkinitramfs", "mkfs.erofs") if not have_tool(n)],
+        "errors": errors,
     }
 
 
@@ -122,6 +135,8 @@ def table(data: dict[str, Any]) -> str:
         rows.append(f"| {t['name']} | {t['median_seconds']:.2f} ({runs}) | {t['output_bytes'] / 1e6:.1f} |")
     mb = data["stage2_tree_bytes"] / 1e6
     rows.append(f"\nstage-two writers: the same {mb:.0f} MB tree (payload files).")
+    for e in data.get("errors", []):
+        rows.append(f"failed: {e}")
     if data["missing"]:
         rows.append(f"not measured (tool missing): {', '.join(data['missing'])}")
     return "\n".join(rows)
