@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in results[-3:]:
             name = r.images.variant.name
             probes.append(minram.min_ram(probe_machine, r.images.initrd, name, args.workdir / "logs"))
-    partial = {"results": [r.to_json() for r in results], "floor": floor, "minram": [x.to_json() for x in probes]}
+    partial = {"results": [r.to_json() for r in results], "floor": floor}
+    partial["minram"] = [x.to_json() for x in probes]
     # kept if what follows fails
     (args.workdir / "boots.json").write_text(json.dumps(partial, indent=1) + "\n")
     build_data = None
