@@ -8,8 +8,9 @@ Three phases (see layout.py for the image shape):
 2. metadata: inode records are placed (nids), directory blocks get addresses;
 3. serialisation of the metadata area and directory blocks, then block 0 with its checksum.
 
-Compression uses fixed-input segments (notes §7.8/§7.11) sized adaptively so that each pcluster
-fills up to `pcluster_size` bytes, with big pclusters and compact indexes.
+Compression fills each pcluster of `pcluster_size` bytes almost exactly, like mkfs.erofs's
+fixed-output compression: extents start anywhere inside an lcluster (see segment()), with big
+pclusters and compact indexes.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ CHUNK_LCLUSTERS = 1024  # 4 MiB of input per compression task: bounds memory, ke
 # A segment takes at most INPUT_PER_BLOCK lclusters per pcluster block: lz4hc gets slower per byte
 # on inputs beyond its 64 KiB window, and a longer extent means more read amplification.
 INPUT_PER_BLOCK = 4
-FILL = 0.985  # aim segments at this fraction of the pcluster so few need a second compression
+FILL = 0.88  # aim the first compression of an extent at this fraction of the pcluster (rarely over)
+FILL_STEP = 0.92  # each top-up step aims at this fraction of the slack left
+FILL_STEPS = 8
+FILL_MIN_SLACK = 64  # below this, top up with literals only
+SKIP_RATIO = 0.995  # fast LZ4 shrinks a window less than this: do not try lz4hc on it
+LZ4_WINDOW = 65536
+TAIL_RETRY = 0.01  # retry a chunk's last extent at level 12 when it spills this little (of its size)
 USE_COMPACT_2B = True  # 2-byte compact index packs, as mkfs.erofs 1.5 writes (notes §7.4)
 MIN_KERNEL_BIG_PCLUSTER = (5, 13)  # COMPR_CFGS/BIG_PCLUSTER (notes §2)
 
@@ -177,58 +184,231 @@ class _Encoded:
     digest: bytes
 
 
-def _compressor(options: ErofsOptions) -> Callable[[memoryview], bytes] | None:
+Compress = Callable[..., bytes]  # (raw, prefix=None, level=None) -> LZ4 block without size prefix
+
+
+def _compressor(options: ErofsOptions) -> Compress | None:
+    """LZ4 block compressor for `options`: compress(raw), or compress(raw, prefix) for a block that
+    continues `prefix` (up to 64 KiB of the bytes before raw, which its matches may reach), or with
+    another lz4hc `level`."""
     if options.compression == "none":
         return None
-    if options.compression == "lz4":
-        return lambda raw: lz4.block.compress(raw, mode="default", store_size=False)
-    level = options.level
     # store_size=False is mandatory: the kernel would read a size prefix as LZ4 tokens (notes §7.6)
-    return lambda raw: lz4.block.compress(raw, mode="high_compression", compression=level, store_size=False)
+    if options.compression == "lz4":
+        kwargs: dict[str, object] = {"mode": "default", "store_size": False}
+    else:
+        kwargs = {"mode": "high_compression", "compression": options.level, "store_size": False}
+
+    def compress(raw: memoryview, prefix: memoryview | None = None, level: int | None = None) -> bytes:
+        kw = kwargs if level is None else {**kwargs, "compression": level}
+        if prefix is None:
+            return lz4.block.compress(raw, **kw)
+        return lz4.block.compress(raw, dict=prefix, **kw)
+
+    return compress
 
 
-def segment(
-    data: memoryview, compress: Callable[[memoryview], bytes], maxc: int
-) -> list[tuple[Pcluster, bytes]]:
-    """Cut `data` (a chunk starting on an lcluster boundary) into compressed or PLAIN pclusters.
+def _probe(raw: memoryview | bytes) -> int:
+    """Size of the fast LZ4 encoding: ~25x cheaper than lz4hc, used to predict it."""
+    return len(lz4.block.compress(raw, mode="default", store_size=False))
 
-    Each segment is N whole lclusters compressed into C <= maxc blocks with C < N (notes §7.8
-    caveats 2-3); N is guessed from the ratio of the previous segment so that the output nearly
-    fills `maxc` blocks, and shrunk when it overflows. Compressed data is right-aligned (ZERO_PADDING,
-    notes §7.6); PLAIN runs are returned unpadded.
-    """
-    total = -(-len(data) // BLOCK_SIZE)
-    nmax = min(MAX_DELTA, max(16, INPUT_PER_BLOCK * maxc))
-    target = maxc * BLOCK_SIZE * FILL
-    out: list[tuple[Pcluster, bytes]] = []
-    ratio = 0.5
-    lcn = 0
-    while lcn < total:
-        rem = total - lcn
-        n = min(rem, nmax, max(2, int(target / (ratio * BLOCK_SIZE))))
-        comp = b""
-        if n >= 2:
-            while True:
-                raw = data[lcn * BLOCK_SIZE : (lcn + n) * BLOCK_SIZE]
-                comp = compress(raw)
-                if len(comp) <= maxc * BLOCK_SIZE or n == 2:
-                    break
-                n = max(2, min(n - 1, int(n * target / len(comp))))
-        blocks = -(-len(comp) // BLOCK_SIZE)
-        if n >= 2 and blocks < n and blocks <= maxc:
-            out.append((Pcluster(n, blocks, True), bytes(blocks * BLOCK_SIZE - len(comp)) + comp))
-            ratio = max(len(comp) / len(raw), 1 / 256)
+
+def _literal_header(n: int) -> bytes:
+    """LZ4 token (match length 0) and length bytes of a final run of n literals."""
+    if n < 15:
+        return bytes((n << 4,))
+    k, r = divmod(n - 15, 255)
+    return b"\xf0" + b"\xff" * k + bytes((r,))
+
+
+def _last_literals(comp: bytes, raw: bytes) -> tuple[int, int] | None:
+    """(literal count, header bytes) of the final, literals-only sequence of the LZ4 block `comp`
+    that encodes `raw`, or None. A compressor ends every block with such a sequence holding the
+    last input bytes verbatim; candidates are checked from the longest, and callers verify the
+    block they derive by decompressing it."""
+    lo, hi = 0, min(len(comp) - 1, len(raw))
+    while lo < hi:  # longest common suffix of comp and raw
+        mid = (lo + hi + 1) // 2
+        if comp[-mid:] == raw[-mid:]:
+            lo = mid
         else:
-            n = max(n, 1)
-            raw_bytes = bytes(data[lcn * BLOCK_SIZE : (lcn + n) * BLOCK_SIZE])
-            if out and not out[-1][0].compressed:
-                prev, prev_bytes = out.pop()
-                out.append((Pcluster(prev.lclusters + n, prev.blocks + n, False), prev_bytes + raw_bytes))
+            hi = mid - 1
+    for lit in range(lo, 4, -1):  # LZ4 blocks end with at least 5 literals
+        hdr = _literal_header(lit)
+        if comp[-lit - len(hdr) : -lit] == hdr:
+            return lit, len(hdr)
+    return None
+
+
+def _fill(
+    data: bytes, mv: memoryview, s: int, e: int, comp: bytes, compress: Compress, budget: int
+) -> tuple[bytes, int]:
+    """Grow the extent [s, e) whose LZ4 block is `comp` so that the block nearly fills `budget`
+    bytes: the fixed-output layout of mkfs.erofs (notes §7.8), without LZ4_compress_destSize.
+
+    The block's final literal run is cut off and re-encoded together with the next input bytes
+    (compressed with the preceding 64 KiB as dictionary, so matches reach back as in one block);
+    the result is spliced on. Repeated while a step fits, then the remaining slack is filled
+    with raw literals. Every result is checked by decompression; a failing step is dropped.
+    """
+    n = len(data)
+    ratio = len(comp) / (e - s)
+    for _ in range(FILL_STEPS):  # compressions, successful or not
+        slack = budget - len(comp)
+        if slack < FILL_MIN_SLACK or e >= n:
+            break
+        found = _last_literals(comp, data[s:e])
+        if found is None:
+            break
+        lit, hdr = found
+        prefix = len(comp) - lit - hdr
+        if prefix <= 0:
+            break  # no match at all: nothing to gain
+        cut = e - lit
+        room = budget - prefix
+        dic = mv[max(s, cut - LZ4_WINDOW) : cut]
+        end = min(n, e + max(16, int(slack * FILL_STEP / ratio)))
+        if n - end < BLOCK_SIZE:
+            end = n  # do not leave a sliver behind
+        tail = compress(mv[cut:end], dic)
+        if len(tail) > room:
+            # overshot: the data got less compressible; retry with the ratio just measured
+            ratio = max(ratio, len(tail) / (end - cut))
+            continue
+        merged = comp[:prefix] + tail
+        if not _decodes_to(merged, data[s:end]):
+            break
+        ratio = max(len(tail) - lit - hdr, 1) / (end - e)
+        comp, e = merged, end
+    if e < n and len(comp) < budget:
+        comp, e = _literal_fill(data, s, e, comp, budget)
+    return comp, e
+
+
+def _literal_fill(data: bytes, s: int, e: int, comp: bytes, budget: int) -> tuple[bytes, int]:
+    """Extend the final literal run of `comp` with the next input bytes, up to `budget` bytes."""
+    found = _last_literals(comp, data[s:e])
+    if found is None:
+        return comp, e
+    lit, hdr = found
+    base = len(comp) - lit - hdr
+    k = min(len(data) - e, budget - len(comp))
+    while k > 0 and base + len(_literal_header(lit + k)) + lit + k > budget:
+        k -= 1
+    if k <= 0:
+        return comp, e
+    merged = comp[:base] + _literal_header(lit + k) + data[e - lit : e + k]
+    if not _decodes_to(merged, data[s : e + k]):
+        return comp, e
+    return merged, e + k
+
+
+def _decodes_to(block: bytes, raw: bytes) -> bool:
+    try:
+        return lz4.block.decompress(block, uncompressed_size=len(raw)) == raw
+    except lz4.block.LZ4BlockError:
+        return False
+
+
+def segment(data: bytes, compress: Compress, maxc: int, hc: bool = True) -> list[tuple[Pcluster, bytes]]:
+    """Cut `data` (a chunk starting on an lcluster boundary and ending on one or at EOF) into
+    compressed extents and PLAIN runs.
+
+    Extents start at any byte (notes §7.4-7.8: clusterofs != 0). Each compressed extent is sized
+    so that its LZ4 block fills `maxc` blocks (the fixed-output layout mkfs.erofs writes): the
+    input length is predicted from a fast-LZ4 probe and the previous extent, then `_fill` tops
+    the block up. Compressed data is right-aligned (ZERO_PADDING, notes §7.6); PLAIN runs are
+    returned unpadded. `hc`: probe with fast LZ4 and skip data it cannot shrink at all.
+    """
+    mv = memoryview(data)
+    n = len(data)
+    cap = maxc * BLOCK_SIZE
+    target = cap * FILL
+    nmax = min(MAX_DELTA, max(16, INPUT_PER_BLOCK * maxc)) * BLOCK_SIZE
+    out: list[tuple[Pcluster, bytes]] = []
+    ratio = 0.5  # compressed/input of the previous extent
+    kf = 0.85  # lz4hc size / fast-LZ4 size, learnt along the chunk
+    pos = 0
+    while pos < n:
+        rem = n - pos
+        L = min(rem, nmax, max(2 * BLOCK_SIZE, int(target / ratio)))
+        fr = 0.0
+        piece: tuple[Pcluster, bytes, int] | None = None
+        if hc:
+            fr = _probe(mv[pos : pos + L]) / L
+            if fr < SKIP_RATIO or L < 4 * BLOCK_SIZE:
+                L = min(rem, nmax, max(2 * BLOCK_SIZE, int(target / (fr * kf))))
             else:
-                out.append((Pcluster(n, n, False), raw_bytes))
-            ratio = 1.0
-        lcn += n
+                fr = 0.0
+                L = -L  # incompressible even for the probe: store PLAIN without trying lz4hc
+        if L > 0:
+            if rem - L < 2 * BLOCK_SIZE:
+                L = rem
+            piece, L = _extent(data, mv, pos, L, compress, maxc, target, hc)
+        if piece is not None:
+            pc, block, comp_len = piece
+            out.append((pc, block))
+            ratio = max(comp_len / pc.length, 1 / 256)
+            if fr:
+                kf = min(1.0, max(0.3, ratio / fr))
+            pos += pc.length
+            continue
+        L = abs(L)
+        ln = rem if L >= rem else max(BLOCK_SIZE, L // BLOCK_SIZE * BLOCK_SIZE)
+        run, raw = Pcluster(ln, -(-ln // BLOCK_SIZE), False), data[pos : pos + ln]
+        if out and not out[-1][0].compressed and out[-1][0].length % BLOCK_SIZE == 0:
+            prev, prev_bytes = out.pop()  # merge PLAIN runs (a partial block only ends a chunk)
+            run, raw = Pcluster(prev.length + ln, prev.blocks + run.blocks, False), prev_bytes + raw
+        out.append((run, raw))
+        ratio = 1.0
+        pos += ln
     return out
+
+
+def _extent(
+    data: bytes,
+    mv: memoryview,
+    pos: int,
+    length: int,
+    compress: Compress,
+    maxc: int,
+    target: float,
+    hc: bool,
+) -> tuple[tuple[Pcluster, bytes, int] | None, int]:
+    """Compress an extent from `pos` of about `length` input bytes and fill its pcluster.
+
+    Returns ((Pcluster, right-aligned pcluster bytes, LZ4 length), length) when it saves blocks and
+    its index is encodable, else (None, input length tried) for the caller to store PLAIN.
+    """
+    n = len(data)
+    cap = maxc * BLOCK_SIZE
+    while True:
+        comp = compress(mv[pos : pos + length])
+        if len(comp) <= cap:
+            break
+        shorter = int(length * target / len(comp))
+        length = min(shorter, length - BLOCK_SIZE)
+        if length < 2 * BLOCK_SIZE:
+            return None, max(length, BLOCK_SIZE)
+    e = pos + length
+    if e < n:
+        comp, e = _fill(data, mv, pos, e, comp, compress, cap)
+    elif hc and len(comp) % BLOCK_SIZE and len(comp) % BLOCK_SIZE <= len(comp) * TAIL_RETRY:
+        # the chunk's last extent spills a little into its last block: the slowest lz4hc level
+        # (a few % smaller on small inputs) often saves that block
+        best = compress(mv[pos:e], level=12)
+        if len(best) < len(comp):
+            comp = best
+    blocks = -(-len(comp) // BLOCK_SIZE)
+    head = pos >> BLKSZBITS
+    # the lcluster where the next extent starts, or totalidx at the end of the chunk
+    nxt = -(-e // BLOCK_SIZE) if e == n else e >> BLKSZBITS
+    # a compressed HEAD needs a NONHEAD after it for CBLKCNT (notes §7.5), which also keeps it out
+    # of the last lcluster; and it must save at least one block over PLAIN (notes §7.8)
+    if nxt < head + 2 or blocks >= -(-(e - pos) // BLOCK_SIZE) or nxt - head > MAX_DELTA:
+        return None, e - pos
+    block = bytes(blocks * BLOCK_SIZE - len(comp)) + comp
+    return (Pcluster(e - pos, blocks, True), block, len(comp)), e - pos
 
 
 def _chunks(nodes: list[Node], options: ErofsOptions) -> Iterator[_Chunk]:
@@ -243,8 +423,9 @@ def _encode_chunk(
     chunk: _Chunk,
     nodes: list[Node],
     sysroot: Sysroot,
-    compress: Callable[[memoryview], bytes] | None,
+    compress: Compress | None,
     maxc: int,
+    hc: bool,
 ) -> _Encoded:
     node = nodes[chunk.node]
     with open_entry(node.entry, sysroot) as f:
@@ -253,10 +434,9 @@ def _encode_chunk(
     if len(data) != chunk.length:
         raise ResolveError(f"{node.entry.path}: source changed size while the image was written")
     if compress is None or node.size <= BLOCK_SIZE:  # never compress a single lcluster (notes §7.10)
-        n = -(-len(data) // BLOCK_SIZE)
-        pieces = [(Pcluster(n, n, False), data)]
+        pieces = [(Pcluster(len(data), -(-len(data) // BLOCK_SIZE), False), data)] if data else []
     else:
-        pieces = segment(memoryview(data), compress, maxc)
+        pieces = segment(data, compress, maxc, hc)
     h = hashlib.blake2b(digest_size=16)
     for _, b in pieces:
         h.update(b)
@@ -301,32 +481,39 @@ class _DataWriter:
     def file(self, node: Node, encoded: Iterable[_Encoded]) -> Placement:
         """Write one regular file's chunks; choose FLAT_* when no segment compressed."""
         p = Placement(raw_blkaddr=self.block)
-        tail = b""
+        tail = b""  # a partial last PLAIN block, held back: it may become an inline tail
         compressed = False
         for enc in encoded:
             self.digest.update(enc.digest)
             for pc, data in enc.pieces:
                 compressed |= pc.compressed
-                if not pc.compressed and len(data) % BLOCK_SIZE:
-                    # a partial last lcluster: keep it back, it may become an inline tail
-                    full = len(data) - len(data) % BLOCK_SIZE
+                if tail:
+                    # a PLAIN run ending mid-block at a chunk end (it started mid-lcluster after
+                    # a compressed extent): not the file's tail after all
+                    assert compressed
+                    self._piece(p, Pcluster(len(tail), 1, False), tail)
+                    tail = b""
+                if not pc.compressed and pc.length % BLOCK_SIZE:
+                    full = pc.length - pc.length % BLOCK_SIZE
                     tail = data[full:]
                     if full:
-                        self.write(data[:full])
-                        _append(p.pclusters, Pcluster(full // BLOCK_SIZE, full // BLOCK_SIZE, False))
+                        self._piece(p, Pcluster(full, full // BLOCK_SIZE, False), data[:full])
                     continue
-                self.write(data)
-                _append(p.pclusters, pc)
+                self._piece(p, pc, data)
         if compressed:
             if tail:
-                self.write(tail)
-                _append(p.pclusters, Pcluster(1, 1, False))
+                self._piece(p, Pcluster(len(tail), 1, False), tail)
             p.layout = EROFS_INODE_COMPRESSED_COMPACT
+            assert sum(pc.length for pc in p.pclusters) == node.size, node.entry.path
         else:
             p.pclusters = []
             self._flat_tail(node, p, tail)
         p.blocks = self.block - p.raw_blkaddr
         return p
+
+    def _piece(self, p: Placement, pc: Pcluster, data: bytes) -> None:
+        self.write(data)
+        _append(p.pclusters, pc)
 
     def symlink(self, node: Node) -> Placement:
         target = name_bytes(node.entry.target or "")
@@ -352,10 +539,11 @@ class _DataWriter:
 
 
 def _append(pcs: list[Pcluster], pc: Pcluster) -> None:
-    """Append, merging adjacent PLAIN runs (they index identically)."""
-    if pcs and not pc.compressed and not pcs[-1].compressed:
+    """Append, merging adjacent PLAIN runs (they index identically) when the first ends on a
+    block boundary of its own."""
+    if pcs and not pc.compressed and not pcs[-1].compressed and pcs[-1].length % BLOCK_SIZE == 0:
         last = pcs.pop()
-        pc = Pcluster(last.lclusters + pc.lclusters, last.blocks + pc.blocks, False)
+        pc = Pcluster(last.length + pc.length, last.blocks + pc.blocks, False)
     pcs.append(pc)
 
 
@@ -367,12 +555,13 @@ def write_data(
     dw = _DataWriter(out, 1)
     placements: dict[int, Placement] = {}
     compress = _compressor(options)
+    hc = options.compression == "lz4hc"
     maxc = options.max_pcluster_blocks
     workers = options.workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="erofs-compress") as pool:
         results = _ordered_map(
             pool,
-            lambda c: _encode_chunk(c, nodes, sysroot, compress, maxc),
+            lambda c: _encode_chunk(c, nodes, sysroot, compress, maxc, hc),
             _chunks(nodes, options),
             4 * workers,
         )

@@ -1,9 +1,9 @@
 """Compressed-file block maps: encoding (writer) and decoding (reader) of EROFS lcluster indexes.
 
 Mirrors the kernel's fs/erofs/zmap.c. An lcluster is a 4 KiB slice of the file; every lcluster has
-one index entry (PLAIN, HEAD1 or NONHEAD). The writer only emits `clusterofs == 0` extents in
-big-pcluster mode (fixed-input segments, notes §7.8/§7.11); the decoder also handles what mkfs.erofs
-1.5 writes (clusterofs != 0, 2B packs, 1-block pclusters without BIG_PCLUSTER, FULL indexes).
+one index entry (PLAIN, HEAD1 or NONHEAD). The writer emits big-pcluster compact indexes whose
+extents may start anywhere inside an lcluster (`clusterofs != 0`, the fixed-output layout mkfs.erofs
+writes); the decoder also handles 1-block pclusters without BIG_PCLUSTER and FULL indexes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from .format import (
+    BLKSZBITS,
     BLOCK_SIZE,
     COMPACT_2B_PACK,
     COMPACT_2B_VCNT,
@@ -34,13 +35,14 @@ MAX_DELTA = Z_EROFS_VLE_DI_D0_CBLKCNT - 1  # d0/d1 must not carry the CBLKCNT bi
 
 @dataclass(frozen=True, slots=True)
 class Pcluster:
-    """One run of a compressed file's lclusters, in file order; clusterofs is always 0.
+    """One extent of a compressed file, in file order: extents are contiguous from byte 0.
 
-    compressed: `lclusters` (>= 2) lclusters LZ4-compressed into `blocks` physical blocks.
-    otherwise: `lclusters` PLAIN lclusters, one raw block each (blocks == lclusters).
+    compressed: `length` bytes LZ4-compressed into `blocks` physical blocks.
+    otherwise: a PLAIN run of `length` bytes cut into `blocks == ceil(length / 4096)` raw blocks of
+    4096 bytes each (the last may be shorter); every block is one PLAIN extent.
     """
 
-    lclusters: int
+    length: int
     blocks: int
     compressed: bool
 
@@ -58,21 +60,60 @@ class Lcluster:
 
 
 def lclusters_of(pclusters: Sequence[Pcluster], first_block: int) -> list[Lcluster]:
-    """Index entries for pclusters stored contiguously from `first_block` (notes §7.11 step 2-3)."""
-    out: list[Lcluster] = []
-    pblk = first_block
+    """Index entries for pclusters stored contiguously from `first_block` (notes §7.4-7.8).
+
+    The lcluster holding the first byte of an extent is that extent's HEAD/PLAIN, with
+    `clusterofs` = the extent's offset in it; the bytes before that offset belong to the previous
+    extent (the kernel finds it by looking back from the HEAD). Lclusters without an extent start
+    are NONHEADs of the extent before them; the first one after a compressed HEAD carries CBLKCNT.
+    A PLAIN extent that runs into the last lcluster ends at EOF, which gets a HEAD of its own
+    (PLAIN, clusterofs = size % 4096, as mkfs.erofs writes): a PLAIN extent must end inside the
+    lcluster after its own or the kernel sees it longer than its one block.
+    """
+    size = sum(pc.length for pc in pclusters)
+    totalidx = -(-size // BLOCK_SIZE)
+    # (lcn, clusterofs, pblk, compressed blocks or 0 for PLAIN)
+    heads: list[tuple[int, int, int, int]] = []
+    pos, pblk = 0, first_block
     for pc in pclusters:
-        if not pc.compressed:
-            out.extend(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_PLAIN, pblk=pblk + k) for k in range(pc.lclusters))
-            pblk += pc.lclusters
+        assert pc.length > 0, pc
+        if pc.compressed:
+            assert 1 <= pc.blocks <= MAX_DELTA, pc
+            heads.append((pos >> BLKSZBITS, pos & (BLOCK_SIZE - 1), pblk, pc.blocks))
+            pblk += pc.blocks
+        else:
+            assert pc.blocks == -(-pc.length // BLOCK_SIZE), pc
+            for k in range(pc.blocks):
+                p = pos + k * BLOCK_SIZE
+                heads.append((p >> BLKSZBITS, p & (BLOCK_SIZE - 1), pblk, 0))
+                pblk += 1
+        pos += pc.length
+    if heads and not heads[-1][3] and heads[-1][0] < totalidx - 1:
+        heads.append((totalidx - 1, size & (BLOCK_SIZE - 1), pblk, 0))
+    assert heads and heads[0][:2] == (0, 0), "a compressed file starts with an extent at byte 0"
+    out: list[Lcluster] = []
+    for k, (lcn, clusterofs, hpblk, blocks) in enumerate(heads):
+        nxt = heads[k + 1][0] if k + 1 < len(heads) else totalidx
+        assert len(out) == lcn and nxt > lcn, ("two extents start in one lcluster", lcn)
+        if not blocks:
+            assert nxt == lcn + 1, ("PLAIN extent spans more than two lclusters", lcn)
+            out.append(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_PLAIN, clusterofs=clusterofs, pblk=hpblk))
             continue
-        n = pc.lclusters
-        assert 2 <= n <= MAX_DELTA and 1 <= pc.blocks < n, pc
-        out.append(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_HEAD, pblk=pblk))
-        # CBLKCNT is mandatory on the first NONHEAD in big-pcluster mode (notes §7.5)
-        out.append(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_NONHEAD, d0=1, d1=n - 1, cblkcnt=pc.blocks))
-        out.extend(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_NONHEAD, d0=k, d1=n - k) for k in range(2, n))
-        pblk += pc.blocks
+        # a compressed HEAD needs lcn + 1 (CBLKCNT, or a HEAD meaning 1 block): never the last one
+        assert lcn + 1 < totalidx and (blocks == 1 or nxt >= lcn + 2), ("no room for CBLKCNT", lcn)
+        assert nxt - lcn - 1 <= MAX_DELTA, ("extent too long for delta", lcn)
+        out.append(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_HEAD, clusterofs=clusterofs, pblk=hpblk))
+        for j in range(lcn + 1, nxt):
+            # CBLKCNT is mandatory on the first NONHEAD in big-pcluster mode (notes §7.5)
+            out.append(
+                Lcluster(
+                    Z_EROFS_VLE_CLUSTER_TYPE_NONHEAD,
+                    d0=j - lcn,
+                    d1=nxt - j,
+                    cblkcnt=blocks if j == lcn + 1 else 0,
+                )
+            )
+    assert len(out) == totalidx
     return out
 
 

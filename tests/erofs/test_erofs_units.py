@@ -65,32 +65,58 @@ def test_xattr_area_encoding() -> None:
         xattr_area(Entry("/f", Kind.FILE, 0o644, data=b"", xattrs=(("os2.x", b""),)))
 
 
+C, P = True, False
+LAYOUTS = {
+    # fixed-input extents: every extent starts on an lcluster boundary
+    "aligned": [(5 * 4096, 2, C), (3 * 4096, 3, P), (40 * 4096, 16, C), (2 * 4096, 1, C), (4091, 1, P)],
+    # fixed-output extents: starts mid-lcluster, PLAIN runs shifted by the same clusterofs, a PLAIN
+    # block running into the last lcluster (EOF gets a HEAD of its own)
+    "mid-lcluster": [(10000, 1, C), (20000, 3, C), (2 * 4096, 2, P), (12293, 2, C), (4096, 1, P)],
+    # an extent ending exactly on an lcluster boundary, then one starting mid-lcluster again
+    "ends-on-boundary": [(3 * 4096 + 5, 2, C), (4 * 4096 - 5, 2, C), (9000, 2, C), (30000, 4, C)],
+    # a compressed extent up to the last byte but one, then a 1-byte PLAIN extent
+    "one-byte-tail": [(8191, 1, C), (1, 1, P)],
+    # a 1-block pcluster whose next extent starts in the very next lcluster (no CBLKCNT entry)
+    "no-cblkcnt": [(4096 + 17, 1, C), (3 * 4096, 2, C), (100, 1, P)],
+    # the last extent ends one byte into the last lcluster
+    "last-lcluster-one-byte": [(5000, 1, C), (3 * 4096 + 1 - 5000, 2, C)],
+    # long extents: CBLKCNT and deltas across 2B packs
+    "long": [(100 * 4096 + 123, 16, C), (70 * 4096, 30, C), (5 * 4096, 5, P), (33, 1, P)],
+}
+
+
 @pytest.mark.parametrize("use_2b", [False, True])
 @pytest.mark.parametrize("ebase_mod", [0, 8, 16, 24])
-def test_compact_index_round_trip(use_2b: bool, ebase_mod: int) -> None:
-    pcs = [
-        Pcluster(5, 2, True),
-        Pcluster(3, 3, False),
-        Pcluster(40, 16, True),
-        Pcluster(2, 1, True),
-        Pcluster(1, 1, False),
-    ]
-    total = sum(p.lclusters for p in pcs)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_compact_index_round_trip(use_2b: bool, ebase_mod: int, layout: str) -> None:
+    pcs = [Pcluster(length, blocks, compressed) for length, blocks, compressed in LAYOUTS[layout]]
+    size = sum(p.length for p in pcs)
+    total = -(-size // 4096)
     entries = lclusters_of(pcs, 100)
+    assert len(entries) == total
     ebase = 4096 * 7 + 64 + ebase_mod
     raw = encode_compact(entries, ebase, use_2b)
     assert len(raw) == compact_index_size(ebase, total, use_2b)
     decoded = decode_compact(raw, ebase, total, use_2b, big=True)
-    got = [
-        (x.start, x.end, x.pblk, x.blocks, x.compressed) for x in extents_of(decoded, total * 4096 - 5, True)
-    ]
-    want, lcn, pblk = [], 0, 100
+    assert [(e.type, e.clusterofs) for e in decoded] == [(e.type, e.clusterofs) for e in entries]
+    got = [(x.start, x.end, x.pblk, x.blocks, x.compressed) for x in extents_of(decoded, size, True)]
+    want, pos, pblk = [], 0, 100
     for p in pcs:
-        steps = [(1, p.blocks)] if p.compressed else [(1, 1)] * p.lclusters
-        for i, (_, blocks) in enumerate(steps):
-            span = p.lclusters if p.compressed else 1
-            start = (lcn + i) * 4096
-            want.append((start, min(start + span * 4096, total * 4096 - 5), pblk, blocks, p.compressed))
-            pblk += blocks
-        lcn += p.lclusters
+        if p.compressed:
+            want.append((pos, pos + p.length, pblk, p.blocks, True))
+            pblk += p.blocks
+        else:  # one PLAIN extent per block of the run
+            for k in range(p.blocks):
+                want.append((pos + 4096 * k, min(pos + 4096 * (k + 1), pos + p.length), pblk, 1, False))
+                pblk += 1
+        pos += p.length
     assert got == want
+
+
+def test_block_map_rejects_unencodable_layouts() -> None:
+    with pytest.raises(AssertionError):  # two extents would start in lcluster 0
+        lclusters_of([Pcluster(100, 1, C), Pcluster(5000, 1, C)], 1)
+    with pytest.raises(AssertionError):  # a 2-block pcluster with no lcluster left for CBLKCNT
+        lclusters_of([Pcluster(4096 + 17, 2, C), Pcluster(3 * 4096, 2, C)], 1)
+    with pytest.raises(AssertionError):  # a compressed HEAD in the last lcluster
+        lclusters_of([Pcluster(4096, 1, P), Pcluster(3000, 1, C)], 1)
