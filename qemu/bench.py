@@ -265,6 +265,16 @@ def readme_block(md_table: str, summary: list[str], data: dict[str, Any]) -> str
     )
 
 
+def source_revision() -> str:
+    """The checkout the numbers belong to (`+dirty` when initbuild/, templates/ or modules.d/ differ)."""
+    try:
+        head = bl.run(["git", "-C", bl.REPO, "rev-parse", "--short", "HEAD"]).stdout.decode().strip()
+        diff = bl.run(["git", "-C", bl.REPO, "status", "--porcelain", "initbuild", "templates", "modules.d"])
+    except bl.ToolError:
+        return "unknown"
+    return head + ("+dirty" if diff.stdout.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bl.quiet_builds()
@@ -309,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "kernel": kver,
+        "initbuild_commit": source_revision(),
         "accel": machine.accel(),
         "memory_mb": args.memory,
         "boots": args.boots,

@@ -37,8 +37,10 @@ from initbuild.compress import Compression  # noqa: E402
 from initbuild.config import load_profile  # noqa: E402
 from initbuild.cpio import CpioOptions, write_initramfs  # noqa: E402
 from initbuild.disks import make_ext4, make_root_tree, pad_to  # noqa: E402
+from initbuild.errors import ToolError  # noqa: E402, F401  (re-exported for the tools)
 from initbuild.manifest import Entry, Kind, Manifest  # noqa: E402
 from initbuild.profile import FileSpec, Mode, Profile  # noqa: E402
+from initbuild.run import run  # noqa: E402, F401
 from initbuild.sysroot import Sysroot  # noqa: E402
 
 PMEM_DRIVERS = ("virtio_pmem", "nd_pmem")
