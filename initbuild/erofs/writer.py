@@ -80,8 +80,9 @@ from .zmap import MAX_DELTA, Pcluster, encode_compact, lclusters_of
 
 COMPRESSIONS = ("lz4hc", "lz4", "none")
 CHUNK_LCLUSTERS = 1024  # 4 MiB of input per compression task: bounds memory, keeps cores busy
-# A segment takes at most INPUT_PER_BLOCK lclusters per pcluster block: lz4hc gets slower per byte
-# on inputs beyond its 64 KiB window, and a longer extent means more read amplification.
+# The first compression of an extent takes at most INPUT_PER_BLOCK lclusters per pcluster block
+# (lz4hc gets slower per byte beyond its 64 KiB window); filling the pcluster may then extend very
+# compressible extents further, up to the 4 MiB chunk.
 INPUT_PER_BLOCK = 4
 FILL = 0.88  # aim the first compression of an extent at this fraction of the pcluster (rarely over)
 FILL_STEP = 0.92  # each top-up step aims at this fraction of the slack left
