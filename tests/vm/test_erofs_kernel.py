@@ -105,7 +105,7 @@ def test_kernel_reads_every_file_of_the_image(
     vm = VM(
         kernel=kernel,
         initrd=checker_initrd,
-        append="initbuild.erofscheck=1 initbuild.panic=poweroff",
+        append="initbuild.erofscheck=1 initbuild.panic=poweroff loglevel=1",  # no printk lines among ours,
         disks=(Disk(image),),
         memory_mb=512,
         timeout=600,
