@@ -121,11 +121,12 @@ def _assert_reached_real_root(res: BootResult) -> None:
 
 
 def test_initoverlayfs_bootfs_by_label(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
-    res = _boot(
-        kernel, overlay.path("initramfs"), ROOT_ARGS, log_dir, "overlay-label", disks=(Disk(root_disk),)
-    )
+    args = f"{ROOT_ARGS} initbuild.marker=1"
+    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-label", disks=(Disk(root_disk),))
     _assert_reached_real_root(res)
     assert "(loop)" in res.console  # 6.1 needs a loop device for an image file
+    # initbuild.marker: stage two reported itself, before the real root did
+    assert "stage-two" in res.markers and res.markers["stage-two"][0] <= res.markers["real-root"][0]
 
 
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
