@@ -392,17 +392,83 @@ def collect_stage(
         for n, opt, m, _ in c._drivers
         if m in boot_modules(plan) or m == "profile" and n in profile.boot_drivers
     ]
-    boot_order = kmods.resolve(
-        [n for n, opt in boot if not opt], optional=[n for n, opt in boot if opt]
-    ).modules
+    everything = [(n, opt) for n, opt, _, _ in c._drivers]
     c.render_pending(
         {
-            "drivers": [{"name": k.name, "path": k.path} for k in res.drivers],
-            "boot_drivers": [{"name": k.name, "path": k.path} for k in boot_order],
+            "drivers": driver_table(kmods, everything).to_context(),
+            "boot_drivers": driver_table(kmods, boot).to_context(),
         }
     )
     res.manifest.check()
     return res
+
+
+# Alias prefixes that name no device: a module with only these is not loaded by hardware detection.
+NON_DEVICE_ALIASES = ("fs-", "devname:", "char-major-", "block-major-", "symbol:", "crypto-", "net-pf-")
+# Filesystems whose mounts need codepage/charset modules (nls_*) for file names.
+NLS_FILESYSTEMS = ("vfat", "msdos", "fat", "exfat", "iso9660", "udf", "ntfs", "ntfs3", "hfsplus", "cifs")
+
+
+@dataclass(frozen=True)
+class DriverTable:
+    """What an /init needs to load drivers on demand: rendered into shell variables.
+
+    order:    every module, dependencies first (the build-time load order)
+    closure:  module -> the modules to load for it, in load order (itself last)
+    hardware: (modalias pattern, module): loaded when a present, unbound device matches
+    fs:       (filesystem type, module): loaded before mounting that type
+    nls:      codepage modules, loaded with NLS_FILESYSTEMS
+    eager:    requested modules that name no device or filesystem: always loaded
+    """
+
+    order: tuple[Kmod, ...]
+    closure: dict[str, tuple[str, ...]]
+    hardware: tuple[tuple[str, str], ...]
+    fs: tuple[tuple[str, str], ...]
+    nls: tuple[str, ...]
+    eager: tuple[str, ...]
+
+    def to_context(self) -> dict[str, Any]:
+        return {
+            "order": [{"name": k.name, "path": k.path} for k in self.order],
+            "closure": self.closure,
+            "hardware": list(self.hardware),
+            "fs": list(self.fs),
+            "nls": list(self.nls),
+            "nls_filesystems": list(NLS_FILESYSTEMS),
+            "eager": list(self.eager),
+        }
+
+
+def driver_table(kmods: KernelModules, wanted: list[tuple[str, bool]]) -> DriverTable:
+    """Classify the requested drivers (name, optional) for on-demand loading at boot."""
+    res = kmods.resolve([n for n, opt in wanted if not opt], optional=[n for n, opt in wanted if opt])
+    present = {k.name for k in res.modules}
+    raw = kmods.raw_aliases()
+    requested: list[str] = []
+    for name, _ in wanted:
+        for found in kmods.lookup(name):
+            if not found.builtin and found.name in present and found.name not in requested:
+                requested.append(found.name)
+    closure: dict[str, tuple[str, ...]] = {}
+    hardware: list[tuple[str, str]] = []
+    fs: list[tuple[str, str]] = []
+    nls: list[str] = []
+    eager: list[str] = []
+    for name in requested:
+        closure[name] = tuple(k.name for k in kmods.resolve([name]).modules)
+        aliases = raw.get(name, [])
+        fstypes = [a[3:] for a in aliases if a.startswith("fs-")]
+        devices = [a for a in aliases if ":" in a and not a.startswith(NON_DEVICE_ALIASES)]
+        if fstypes:
+            fs += [(t, name) for t in fstypes]
+        elif devices:
+            hardware += [(p, name) for p in devices]
+        elif name.startswith("nls_"):
+            nls.append(name)
+        else:
+            eager.append(name)
+    return DriverTable(tuple(res.modules), closure, tuple(hardware), tuple(fs), tuple(nls), tuple(eager))
 
 
 def boot_modules(plan: Plan) -> set[str]:

@@ -129,6 +129,7 @@ class KernelModules:
         self._parse_config()
         self._kmods: dict[str, Kmod] = {}
         self._warned: set[tuple[str, str]] = set()  # (module, softdep) pairs already warned about
+        self._raw_aliases: dict[str, list[str]] | None = None
 
     # -- parsing ----------------------------------------------------------------------------------
     def _find_moddir(self) -> str:
@@ -361,6 +362,20 @@ class KernelModules:
     # -- firmware ---------------------------------------------------------------------------------
     def _read_firmware(self, path: str) -> list[str]:
         return [v for k, v in read_modinfo(self.sysroot, path) if k == "firmware"]
+
+    def raw_aliases(self) -> dict[str, list[str]]:
+        """Module name -> its modules.alias patterns exactly as written (not normalised).
+
+        For matching device modaliases at boot, which sysfs gives raw (`scsi:t-0x00`, `-` kept).
+        """
+        if self._raw_aliases is None:
+            out: dict[str, list[str]] = {}
+            for line in self._read_lines("modules.alias"):
+                words = line.split()
+                if len(words) == 3 and words[0] == "alias":
+                    out.setdefault(normalize(words[2]), []).append(words[1])
+            self._raw_aliases = out
+        return self._raw_aliases
 
     def firmware_paths(self, kmod: Kmod) -> list[str]:
         """Image paths of the firmware files `kmod` declares, first match in the kernel's search order.

@@ -8,9 +8,9 @@ IB_DEBUG=0
 IB_BREAK=
 IB_KMSG=/dev/kmsg
 
+# Sets IB_UP to the uptime in seconds (a builtin read: no fork per log line).
 ib_uptime() {
-    IFS=' ' read -r _ib_up _ib_idle < /proc/uptime 2>/dev/null || _ib_up='?'
-    echo "$_ib_up"
+    IFS=' ' read -r IB_UP _ib_idle < /proc/uptime 2>/dev/null || IB_UP='?'
 }
 
 # ib_log LEVEL MESSAGE...: LEVEL is a syslog priority (3 err, 4 warning, 6 info, 7 debug)
@@ -19,7 +19,8 @@ ib_log() {
     shift
     [ "$_ib_lvl" -le 7 ] || return 0
     if [ -w "$IB_KMSG" ]; then
-        echo "<$_ib_lvl>initbuild: [$(ib_uptime)] $*" > "$IB_KMSG" 2>/dev/null
+        ib_uptime
+        echo "<$_ib_lvl>initbuild: [$IB_UP] $*" > "$IB_KMSG" 2>/dev/null
     fi
     if [ "$_ib_lvl" -le 4 ] || [ "$IB_DEBUG" = 1 ]; then
         echo "initbuild: $*" > /dev/console 2>/dev/null
@@ -121,22 +122,123 @@ ib_mount_api() {
     mkdir -p /dev/pts /run
 }
 
-# ib_load_drivers NAME=PATH...: insmod in the given (build-time, dependency) order.
-ib_load_drivers() {
-    for _ib_d in "$@"; do
-        _ib_name=${_ib_d%%=*}
-        _ib_path=${_ib_d#*=}
-        [ -d "/sys/module/$_ib_name" ] && continue
-        if [ ! -f "$_ib_path" ]; then
-            die "driver $_ib_name: $_ib_path is missing from the image"
-            continue
-        fi
-        _ib_err=$(insmod "$_ib_path" 2>&1) || {
-            [ -d "/sys/module/$_ib_name" ] && continue
-            die "cannot load driver $_ib_name ($_ib_path): $_ib_err"
-        }
-        ib_log 7 "loaded $_ib_name"
+# --- drivers on demand ------------------------------------------------------------------------
+# The including /init defines (from the build): IB_ORDER "name=path ..." in load order,
+# IB_DEP_<name> the modules to load for <name>, IB_HW "module|modalias-pattern ...",
+# IB_FS "fstype|module ...", IB_NLS and IB_NLSFS (codepages and the filesystems needing them),
+# IB_EAGER (requested modules that name no device). Like udev, a hardware driver is loaded only
+# when a present device that no driver has claimed matches one of its aliases.
+
+ib_want() {
+    for _ib_m in "$@"; do
+        _ib_deps=
+        eval "_ib_deps=\${IB_DEP_$_ib_m-$_ib_m}"
+        for _ib_x in $_ib_deps; do
+            eval "IB_W_$_ib_x=1"
+        done
     done
+}
+
+ib_insmod() {
+    if [ ! -f "$2" ]; then
+        die "driver $1: $2 is missing from the image"
+        return 1
+    fi
+    if insmod "$2" 2>/run/.initbuild-insmod; then
+        ib_log 7 "loaded $1"
+        return 0
+    fi
+    [ -d "/sys/module/$1" ] && return 0
+    die "cannot load driver $1 ($2): $(cat /run/.initbuild-insmod)"
+}
+
+# ib_load_wanted: insmod every wanted module not loaded yet, in build-time order.
+ib_load_wanted() {
+    for _ib_e in $IB_ORDER; do
+        _ib_n=${_ib_e%%=*}
+        _ib_w=
+        eval "_ib_w=\${IB_W_$_ib_n-}"
+        [ "$_ib_w" = 1 ] || continue
+        [ -d "/sys/module/$_ib_n" ] && continue
+        ib_insmod "$_ib_n" "${_ib_e#*=}"
+    done
+}
+
+# ib_coldplug: want the drivers of unclaimed devices; true if that found anything new.
+ib_coldplug() {
+    _ib_new=1
+    for _ib_f in /sys/bus/*/devices/*/modalias; do
+        [ -e "${_ib_f%/modalias}/driver" ] && continue
+        read -r _ib_a < "$_ib_f" 2>/dev/null || continue
+        set -f
+        for _ib_p in $IB_HW; do
+            # shellcheck disable=SC2254 # the alias is a pattern on purpose
+            case "$_ib_a" in ${_ib_p#*|})
+                _ib_m=${_ib_p%%|*}
+                _ib_w=
+                eval "_ib_w=\${IB_W_$_ib_m-}"
+                if [ "$_ib_w" != 1 ]; then
+                    ib_log 7 "$_ib_a: $_ib_m"
+                    ib_want "$_ib_m"
+                    _ib_new=0
+                fi
+                ;;
+            esac
+        done
+        set +f
+    done
+    return $_ib_new
+}
+
+# ib_drivers_start: the eager drivers, then rounds of coldplug (a bus driver such as virtio_pci
+# brings new devices with it). initbuild.drivers=all loads every driver of the image instead.
+ib_drivers_start() {
+    if [ "${IB_ARG_drivers-}" = all ]; then
+        for _ib_e in $IB_ORDER; do
+            eval "IB_W_${_ib_e%%=*}=1"
+        done
+    else
+        # shellcheck disable=SC2086 # a list of names
+        ib_want $IB_EAGER
+    fi
+    ib_load_wanted
+    _ib_round=0
+    while [ "$_ib_round" -lt 8 ] && ib_coldplug; do
+        ib_load_wanted
+        _ib_round=$((_ib_round + 1))
+    done
+}
+
+# ib_load_fs TYPE: the module for a filesystem type (all of them for "auto" or ""), with codepages.
+ib_load_fs() {
+    for _ib_p in $IB_FS; do
+        case "$1" in
+            auto | "") ;;
+            "${_ib_p%%|*}") ;;
+            *) continue ;;
+        esac
+        ib_want "${_ib_p#*|}"
+        case " $IB_NLSFS " in
+            *" ${_ib_p%%|*} "*)
+                # shellcheck disable=SC2086 # a list of names
+                ib_want $IB_NLS
+                ;;
+        esac
+    done
+    ib_load_wanted
+}
+
+# Storage devices that no driver claimed: what is missing when a disk never shows up.
+ib_unclaimed() {
+    _ib_u=
+    for _ib_f in /sys/bus/*/devices/*/modalias; do
+        [ -e "${_ib_f%/modalias}/driver" ] && continue
+        read -r _ib_a < "$_ib_f" 2>/dev/null || continue
+        case "$_ib_a" in
+            pci:*bc01* | virtio:* | scsi:* | nd:* | usb:*) _ib_u="$_ib_u $_ib_a" ;;
+        esac
+    done
+    echo "${_ib_u# }"
 }
 
 # Partition UUID as the kernel and blkid print it: GPT unique GUID, or MBR "SSSSSSSS-PP".
@@ -186,15 +288,18 @@ ib_find_dev() {
     return 0
 }
 
-# ib_wait_dev SPEC TIMEOUT [HINT]: wait (bounded) for a device; prints its node.
+# ib_wait_dev SPEC TIMEOUT [HINT]: wait (bounded) for a device; sets IB_DEV to its node.
 ib_wait_dev() {
     _ib_tries=$(($2 * 10))
+    IB_DEV=
     while [ "$_ib_tries" -gt 0 ]; do
         if [ -n "$3" ] && [ -b "$3" ]; then
-            case "$1" in /dev/*) echo "$3"; return 0 ;; esac
+            case "$1" in /dev/*) IB_DEV=$3; return 0 ;; esac
         fi
-        _ib_found=$(ib_find_dev "$1")
-        [ -n "$_ib_found" ] && echo "$_ib_found" && return 0
+        IB_DEV=$(ib_find_dev "$1")
+        [ -n "$IB_DEV" ] && return 0
+        # devices may appear late (asynchronous probing, USB): give them their drivers
+        ib_coldplug && ib_load_wanted
         sleep 0.1
         _ib_tries=$((_ib_tries - 1))
     done
@@ -205,7 +310,8 @@ ib_wait_dev() {
 ib_devices_seen() {
     _ib_seen=$(awk 'NR > 2 { printf "%s%s", s, $4; s = " " }' /proc/partitions 2>/dev/null)
     _ib_mods=$(awk '{ printf "%s%s", s, $1; s = " " }' /proc/modules 2>/dev/null)
-    echo "block devices: ${_ib_seen:-none}; drivers loaded: ${_ib_mods:-none}"
+    _ib_unc=$(ib_unclaimed)
+    echo "block devices: ${_ib_seen:-none}; drivers loaded: ${_ib_mods:-none}${_ib_unc:+; storage devices no driver in the image claims: $_ib_unc}"
 }
 
 ib_marker() {
