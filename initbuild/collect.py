@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -437,7 +438,20 @@ class DriverTable:
             "nls": list(self.nls),
             "nls_filesystems": list(NLS_FILESYSTEMS),
             "eager": list(self.eager),
+            "buses": alias_buses(p for p, _ in self.hardware),
         }
+
+
+def alias_buses(patterns: Iterable[str]) -> list[str]:
+    """The /sys/bus/* directories whose devices can carry these modaliases ("pci:..." -> pci).
+    ACPI and device-tree aliases are carried by platform devices too."""
+    buses: set[str] = set()
+    for p in patterns:
+        prefix = p.split(":", 1)[0].rstrip("*")
+        buses.add(prefix)
+        if prefix in ("acpi", "of"):
+            buses.add("platform")
+    return sorted(buses)
 
 
 def driver_table(kmods: KernelModules, wanted: list[tuple[str, bool]]) -> DriverTable:

@@ -72,19 +72,22 @@ ib_break() {
 }
 
 # The kernel command line, after the defaults baked into the image (later words win).
+# Sets IB_CMDLINE: the baked-in defaults, then /proc/cmdline (builtin reads: no fork).
 ib_cmdline() {
-    _ib_cl=
-    for _ib_f in /etc/cmdline.d/*.conf; do
-        [ -f "$_ib_f" ] && _ib_cl="$_ib_cl $(cat "$_ib_f")"
+    IB_CMDLINE=
+    for _ib_f in /etc/cmdline.d/*.conf /proc/cmdline; do
+        [ -r "$_ib_f" ] || continue
+        while IFS= read -r _ib_l || [ -n "$_ib_l" ]; do
+            IB_CMDLINE="$IB_CMDLINE $_ib_l"
+        done < "$_ib_f"
     done
-    [ -r /proc/cmdline ] && _ib_cl="$_ib_cl $(cat /proc/cmdline)"
-    echo "$_ib_cl"
 }
 
 # ib_parse_cmdline: sets IB_ARG_<key> for every "initbuild.<key>=<value>" and the root options.
 ib_parse_cmdline() {
+    ib_cmdline
     set -f
-    for _ib_a in $(ib_cmdline); do
+    for _ib_a in $IB_CMDLINE; do
         case "$_ib_a" in
             initbuild.debug | initbuild.debug=1) IB_DEBUG=1 ;;
             initbuild.break=*) IB_BREAK=${_ib_a#initbuild.break=} ;;
@@ -110,7 +113,10 @@ ib_parse_cmdline() {
 }
 
 ib_is_mnt() {
-    grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null
+    while read -r _ib_src _ib_dir _ib_rest; do
+        [ "$_ib_dir" = "$1" ] && return 0
+    done < /proc/mounts
+    return 1
 }
 
 ib_mount_api() {
@@ -119,7 +125,7 @@ ib_mount_api() {
     # This kernel does not mount devtmpfs for an initramfs (CONFIG_DEVTMPFS_MOUNT only applies to
     # the root device), so /init does, or /dev would hold only what the image shipped.
     ib_is_mnt /dev || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev || die "cannot mount devtmpfs on /dev"
-    mkdir -p /dev/pts /run
+    [ -d /run ] || mkdir -p /run
 }
 
 # --- drivers on demand ------------------------------------------------------------------------
@@ -167,7 +173,8 @@ ib_load_wanted() {
 # ib_coldplug: want the drivers of unclaimed devices; true if that found anything new.
 ib_coldplug() {
     _ib_new=1
-    for _ib_f in /sys/bus/*/devices/*/modalias; do
+    # shellcheck disable=SC2086 # IB_SCAN holds globs of the buses the aliases name
+    for _ib_f in $IB_SCAN; do
         [ -e "${_ib_f%/modalias}/driver" ] && continue
         read -r _ib_a < "$_ib_f" 2>/dev/null || continue
         set -f
@@ -188,6 +195,14 @@ ib_coldplug() {
         set +f
     done
     return $_ib_new
+}
+
+# ib_drivers_eager: only the drivers named without a device (stage two after stage one, which
+# already loaded the drivers of the devices present; the device wait still scans if need be).
+ib_drivers_eager() {
+    # shellcheck disable=SC2086 # a list of names
+    ib_want $IB_EAGER
+    ib_load_wanted
 }
 
 # ib_drivers_start: the eager drivers, then rounds of coldplug (a bus driver such as virtio_pci

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -105,6 +106,13 @@ def test_rendered_init_scripts_pass_shellcheck(tmp_path: Path, stage: str, path:
         ["shellcheck", "-s", "sh", "-S", "warning", "-e", "SC2034,SC1090,SC1091", str(script)], check=False
     )
     assert cp.returncode == 0, cp.stdout.decode()
+    if path == "/init":
+        # shellcheck takes an undefined function for an external command: check the library is there
+        text = script.read_text()
+        called = set(re.findall(r"\b(ib_[a-z_]+|die|info|warn)\b", text))
+        defined = set(re.findall(r"^(\w+)\(\) \{", text, re.M))
+        assert called - defined == set()
+        assert {"ib_log", "die", "ib_drivers_start", "ib_wait_dev"} <= defined
 
 
 def test_kernel_install_plugin_adds_and_removes(tmp_path: Path, kver: str) -> None:

@@ -88,6 +88,14 @@ def test_plain_initramfs_boots_to_test_marker(
     assert "Initramfs unpacking failed" not in res.console, res.explain()
 
 
+def test_profile_cmdline_is_baked_in(tmp_path: Path, kernel: Path, log_dir: Path) -> None:
+    # regression: /etc/cmdline.d/*.conf was globbed under `set -f` and never read
+    text = PLAIN.format(compression="lz4") + 'cmdline: "initbuild.test=baked initbuild.panic=poweroff"\n'
+    built = _build(tmp_path / "out", text)
+    res = _boot(kernel, built.path("initramfs"), "", log_dir, "plain-baked")
+    assert res.ok and "stage-two-baked" in res.markers, res.explain()
+
+
 # -- initoverlayfs ---------------------------------------------------------------------------------
 
 
