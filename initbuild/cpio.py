@@ -581,20 +581,9 @@ def _inode_key(h: NewcHeader) -> tuple[int, int, int]:
     return (h.c_ino, h.c_devmajor, h.c_devminor)
 
 
-_KINDS = {
-    stat.S_IFREG: Kind.FILE,
-    stat.S_IFDIR: Kind.DIR,
-    stat.S_IFLNK: Kind.SYMLINK,
-    stat.S_IFCHR: Kind.CHAR,
-    stat.S_IFBLK: Kind.BLOCK,
-    stat.S_IFIFO: Kind.FIFO,
-    stat.S_IFSOCK: Kind.SOCKET,
-}
-
-
 def _kind(r: _Record) -> Kind:
     mode = r.header.c_mode
-    kind = _KINDS.get(stat.S_IFMT(mode))
+    kind = Kind.from_mode(mode)
     if kind is None or mode > 0o177777:
         raise FormatError(
             f"{r.path} has an unknown file type (mode {mode:o})", offset=r.offset + 14, field="c_mode"

@@ -34,6 +34,11 @@ class Kind(StrEnum):
     def s_ifmt(self) -> int:
         return _S_IFMT[self]
 
+    @classmethod
+    def from_mode(cls, st_mode: int) -> Kind | None:
+        """The kind of a file type (the S_IFMT bits of st_mode); None for an unknown type."""
+        return _KIND_OF_IFMT.get(stat.S_IFMT(st_mode))
+
 
 _S_IFMT = {
     Kind.FILE: stat.S_IFREG,
@@ -45,6 +50,8 @@ _S_IFMT = {
     Kind.FIFO: stat.S_IFIFO,
     Kind.SOCKET: stat.S_IFSOCK,
 }
+
+_KIND_OF_IFMT = {ifmt: kind for kind, ifmt in _S_IFMT.items() if kind is not Kind.HARDLINK}
 
 DEFAULT_MODES = {
     Kind.FILE: 0o644,

@@ -77,15 +77,6 @@ READABLE_INCOMPAT = EROFS_FEATURE_INCOMPAT_ZERO_PADDING | EROFS_FEATURE_INCOMPAT
 LZ4_MAX_RATIO = 255  # an LZ4 block cannot expand more than ~255x: bounds forged extent sizes
 MAX_SYMLINK = BLOCK_SIZE
 
-_KIND_OF_MODE = {
-    stat.S_IFREG: Kind.FILE,
-    stat.S_IFDIR: Kind.DIR,
-    stat.S_IFLNK: Kind.SYMLINK,
-    stat.S_IFCHR: Kind.CHAR,
-    stat.S_IFBLK: Kind.BLOCK,
-    stat.S_IFIFO: Kind.FIFO,
-    stat.S_IFSOCK: Kind.SOCKET,
-}
 _FT_OF_KIND = {
     Kind.FILE: EROFS_FT_REG_FILE,
     Kind.DIR: EROFS_FT_DIR,
@@ -285,7 +276,7 @@ class ErofsReader:
         else:
             _f, icount, mode, nlink, size, _r, i_u, _ino, uid, gid, _r2 = INODE_COMPACT.unpack(head)
             isize, mtime = INODE_COMPACT.size, self.sb.build_time
-        kind = _KIND_OF_MODE.get(stat.S_IFMT(mode))
+        kind = Kind.from_mode(mode)
         if kind is None:
             raise FormatError(f"nid {nid}: bad file type in i_mode 0{mode:o}", offset=off + 4, field="i_mode")
         if icount == 1:

@@ -56,18 +56,6 @@ def dump_super(image: Path) -> dict[str, str]:
     return info
 
 
-def _kind_of(st: os.stat_result) -> Kind:
-    return {
-        stat.S_IFREG: Kind.FILE,
-        stat.S_IFDIR: Kind.DIR,
-        stat.S_IFLNK: Kind.SYMLINK,
-        stat.S_IFCHR: Kind.CHAR,
-        stat.S_IFBLK: Kind.BLOCK,
-        stat.S_IFIFO: Kind.FIFO,
-        stat.S_IFSOCK: Kind.SOCKET,
-    }[stat.S_IFMT(st.st_mode)]
-
-
 def assert_dir_matches(manifest: Manifest, sysroot: Sysroot, root: Path, *, by_fsck: bool = False) -> None:
     """The extracted tree at `root` holds exactly the manifest: types, modes, bytes, targets, rdev.
 
@@ -94,7 +82,7 @@ def assert_dir_matches(manifest: Manifest, sysroot: Sysroot, root: Path, *, by_f
         host = root / path.lstrip("/")
         st = os.lstat(host)
         kind = Kind.FILE if e.kind is Kind.HARDLINK else e.kind
-        assert _kind_of(st) == kind, path
+        assert Kind.from_mode(st.st_mode) == kind, path
         if kind is not Kind.SYMLINK:
             mode = manifest[e.target].mode if e.kind is Kind.HARDLINK and e.target else e.mode
             ignore = stat.S_ISUID | stat.S_ISGID if by_fsck and kind is not Kind.DIR else 0
