@@ -6,8 +6,10 @@
 Builds the shipped default profile (initbuild/profiles/default.yaml) twice -- initoverlayfs and plain
 (same content; the cpio compression is the profile's, lz4) -- plus a tiny real root, boots both on the
 same QEMU machine (virtio-pmem disks, -icount) and prints time to the real root's userspace and
-MemAvailable there. The benchmark machine boots from virtio-pmem, so its drivers are added to the
-profile's boot drivers (for both variants); nothing else changes.
+MemAvailable at two moments of each boot: as stage two's /init starts (the initramfs's userspace; a plain
+initramfs holds all its content in tmpfs then) and at the real root. The benchmark machine boots from
+virtio-pmem, so its drivers are added to the profile's boot drivers (for both variants); nothing else
+changes.
 """
 
 from __future__ import annotations

@@ -64,17 +64,26 @@ def fmt_stat(st: bl.Stat | None, nd: int = 3) -> str:
     return f"{st.median:.{nd}f} ({st.min:.{nd}f}-{st.max:.{nd}f})"
 
 
-def mem_mib(r: Result) -> str:
-    v = r.median("memavailable_kb")
+def mem_mib(r: Result, metric: str = "stage2_memavailable_kb") -> str:
+    """Median MemAvailable in MiB: at stage two's start (default, the initramfs's userspace) or
+    `memavailable_kb` (at the real root)."""
+    v = r.median(metric)
     return "-" if v is None else f"{v / 1024:.0f}"
+
+
+MEM_COLUMNS = "MemAvailable MiB, initramfs userspace (stage two start) | MemAvailable MiB, real root"
+
+
+def mem_cells(r: Result) -> str:
+    return f"{mem_mib(r)} | {mem_mib(r, 'memavailable_kb')}"
 
 
 def comparison_table(results: Sequence[Result], machine: bl.Machine) -> str:
     """One row per variant of one payload; ratios are against the first row (initoverlayfs)."""
     head = (
         "| variant | initrd MB | stage 2 MB | Run /init (s) | stage two start (s) | "
-        "userspace (s) median (min-max) | vs initoverlayfs | MemAvailable MiB | host s/boot |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        f"userspace (s) median (min-max) | vs initoverlayfs | {MEM_COLUMNS} | host s/boot |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     base = results[0].median("userspace") if results else None
     rows = [head]
@@ -85,11 +94,13 @@ def comparison_table(results: Sequence[Result], machine: bl.Machine) -> str:
             f"| {r.images.variant.name} | {r.images.initrd_bytes / MB:.1f} | "
             f"{r.images.stage2_bytes / MB:.1f} | {fmt(r.median('run_init'))} | "
             f"{fmt(r.median('stage2_start'))} | {fmt_stat(r.stats.get('userspace'))} | {ratio} | "
-            f"{mem_mib(r)} | {fmt(r.median('wall'), 1)} |"
+            f"{mem_cells(r)} | {fmt(r.median('wall'), 1)} |"
         )
     note = (
         f"\n{len(results[0].samples) if results else 0} boots per variant, {machine.accel()}, "
-        f"-m {machine.memory_mb}, 1 vCPU, virtio-pmem real root; times are guest uptime."
+        f"-m {machine.memory_mb}, 1 vCPU, virtio-pmem real root, initbuild {bl.source_revision()}; "
+        "times are guest uptime. MemAvailable at stage two's start is what the initramfs pins while its "
+        "userspace runs; at the real root a plain initramfs has already freed it."
     )
     return "\n".join(rows) + note
 
@@ -98,8 +109,8 @@ def scaling_table(results: Sequence[Result]) -> str:
     """All sizes and variants; the ratio column compares with initoverlayfs at the same size."""
     head = (
         "| payload MB | variant | initrd MB | stage 2 MB | Run /init (s) | stage two start (s) | "
-        "userspace (s) | vs initoverlayfs | MemAvailable MiB | boots ok | host s/boot |\n"
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        f"userspace (s) | vs initoverlayfs | {MEM_COLUMNS} | boots ok | host s/boot |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = [head]
     base = {r.label: r.median("userspace") for r in results if r.images.variant.overlay}
@@ -110,7 +121,7 @@ def scaling_table(results: Sequence[Result]) -> str:
             f"| {r.payload_bytes / MB:.0f} | {r.images.variant.name} | {r.images.initrd_bytes / MB:.1f} | "
             f"{r.images.stage2_bytes / MB:.1f} | {fmt(r.median('run_init'))} | "
             f"{fmt(r.median('stage2_start'))} | {fmt_stat(r.stats.get('userspace'))} | {ratio} | "
-            f"{mem_mib(r)} | {sum(s.ok for s in r.samples)}/{len(r.samples)} | {fmt(r.median('wall'), 1)} |"
+            f"{mem_cells(r)} | {sum(s.ok for s in r.samples)}/{len(r.samples)} | {fmt(r.median('wall'), 1)} |"
         )
     return "\n".join(rows)
 
@@ -118,6 +129,7 @@ def scaling_table(results: Sequence[Result]) -> str:
 def results_json(results: Sequence[Result], machine: bl.Machine, kver: str) -> dict[str, Any]:
     return {
         "kernel": kver,
+        "initbuild_commit": bl.source_revision(),
         "accel": machine.accel(),
         "memory_mb": machine.memory_mb,
         "results": [r.to_json() for r in results],
@@ -186,17 +198,18 @@ def _panel(
 
 
 def svg_plot(results: Sequence[Result], subtitle: str = "") -> str:
-    """Time to userspace and MemAvailable against payload size, every variant on each chart."""
+    """Time to userspace and MemAvailable at stage two's start (the initramfs's userspace, where a plain
+    initramfs still holds its content) against payload size, every variant on each chart."""
     t: dict[str, list[tuple[float, float]]] = {}
     m: dict[str, list[tuple[float, float]]] = {}
     for r in results:
         x = r.payload_bytes / MB
         if (v := r.median("userspace")) is not None:
             t.setdefault(r.images.variant.name, []).append((x, v))
-        if (v := r.median("memavailable_kb")) is not None:
+        if (v := r.median("stage2_memavailable_kb")) is not None:
             m.setdefault(r.images.variant.name, []).append((x, v / 1024))
     body = _panel(0, "time to real-root userspace", "guest seconds", t, ymin0=True)
-    body += _panel(W, "MemAvailable at userspace", "MiB", m, ymin0=False)
+    body += _panel(W, "MemAvailable at initramfs userspace", "MiB (stage two start)", m, ymin0=False)
     legend = []
     for i, name in enumerate(n for n in COLORS if n in t or n in m):
         lx = PAD_L + 10 + i * 150

@@ -43,6 +43,9 @@ def test_every_variant_reached_the_real_root(quick: tuple[str, Path]) -> None:
         assert s["stage2_start"] is not None, (name, s)
         assert s["run_init"] <= s["stage2_start"] <= s["userspace"], (name, s)
         assert isinstance(s["memavailable_kb"], int) and s["memavailable_kb"] > 0, (name, s)
+        # initbuild.marker=1: stage two reported itself (time, MemAvailable) before the real root did
+        assert isinstance(s["stage2_memavailable_kb"], int) and s["stage2_memavailable_kb"] > 0, (name, s)
+        assert s["stage2_start"] <= s["stage2_marker"] <= s["userspace"], (name, s)
         assert r["initrd_bytes"] > 0
     assert got["initoverlayfs"]["stage2_bytes"] > 0 and got["plain-lz4"]["stage2_bytes"] == 0
     # the overlay variant went through both stages, the plain ones through stage two only
@@ -58,12 +61,15 @@ def test_floor_and_payload_reported(quick: tuple[str, Path]) -> None:
     (p,) = data["payloads"]
     assert p["bytes"] >= p["target"] > 0
     assert all(r["payload_bytes"] == p["bytes"] for r in data["results"])
+    assert data["initbuild_commit"] not in ("", "unknown"), data["initbuild_commit"]
+    assert set(data["analysis"]["memory"]) == {"stage_two", "real_root"}
 
 
 def test_table_and_plot_written(quick: tuple[str, Path]) -> None:
     out, results = quick
     rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
     assert {v for v in VARIANTS if any(f"| {v} |" in r for r in rows)} == set(VARIANTS), out
+    assert "MemAvailable MiB, initramfs userspace (stage two start)" in out and "real root |" in out, out
     svg = (results / "latest.svg").read_text()
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count("<polyline") == 2 * len(VARIANTS)  # both charts, every variant
