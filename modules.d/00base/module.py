@@ -59,40 +59,11 @@ APPLETS = (
     "mknod",
     "chmod",
 )
-# Without busybox: the same roles from util-linux, coreutils and kmod on the host.
-HOST_TOOLS = (
-    "sh",
-    "mount",
-    "umount",
-    "switch_root",
-    "chroot",
-    "insmod",
-    "modprobe",
-    "losetup",
-    "findfs",
-    "mkdir",
-    "cat",
-    "echo",
-    "sleep",
-    "grep",
-    "sed",
-    "awk",
-    "cut",
-    "tr",
-    "od",
-    "dd",
-    "readlink",
-    "basename",
-    "dirname",
-    "uname",
-    "dmesg",
-    "poweroff",
-    "reboot",
-    "setsid",
-    "ls",
-    "ln",
-    "rm",
-)
+# Without busybox: the same commands from util-linux, coreutils and kmod on the host (busybox's
+# console helper has no host equivalent). Only these three are required; the rest when present.
+BUSYBOX_ONLY = ("cttyhack",)
+HOST_REQUIRED = ("sh", "mount", "switch_root")
+HOST_TOOLS = tuple(a for a in APPLETS if a not in BUSYBOX_ONLY)
 
 
 def check(ctx):
@@ -110,4 +81,4 @@ def install(ctx):
             ctx.add_symlink(f"{bindir}/{applet}", "busybox")
         return
     for tool in HOST_TOOLS:
-        ctx.add_binary(tool, optional=tool not in ("sh", "mount", "switch_root"))
+        ctx.add_binary(tool, optional=tool not in HOST_REQUIRED)
