@@ -9,8 +9,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from oracles import CLI_DECOMPRESS
 
 from initbuild.build import build
+from initbuild.compress import Compression, detect
 from initbuild.config import load_profile, load_profile_text
 from initbuild.cpio import CpioReader
 from initbuild.errors import ConfigError
@@ -59,12 +61,8 @@ def test_source_date_epoch_is_the_timestamp(tmp_path: Path, monkeypatch: pytest.
 def _cpio_extract(image: Path, dest: Path) -> None:
     """Decompress with the reference CLI for the format, then extract with GNU cpio."""
     raw = image.read_bytes()
-    if raw[:4] == b"\x02\x21\x4c\x18":
-        data = run(["lz4", "-d", "-c"], input=raw).stdout
-    elif raw[:4] == b"\x28\xb5\x2f\xfd":
-        data = run(["zstd", "-d", "-c"], input=raw).stdout
-    else:
-        data = raw
+    comp = detect(raw)
+    data = run(CLI_DECOMPRESS[comp], input=raw).stdout if comp not in (None, Compression.NONE) else raw
     dest.mkdir()
     run(["cpio", "-idv", "--no-absolute-filenames", "--quiet"], input=data, cwd=dest)
 

@@ -9,21 +9,13 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import CLI_DECOMPRESS, COMPRESSED
 
 from initbuild import compress as c
 from initbuild.compress import Compression
 from initbuild.errors import FormatError
 from initbuild.run import have_tool, run
 
-COMPRESSED = [x for x in Compression if x is not Compression.NONE]
-
-# decompress to stdout, and test integrity, with each format's own tool
-CLI_DECOMPRESS = {
-    Compression.GZIP: ["gzip", "-dc"],
-    Compression.XZ: ["xz", "-dc"],
-    Compression.ZSTD: ["zstd", "-dcq"],
-    Compression.LZ4: ["lz4", "-dc"],
-}
 CLI_COMPRESS = {
     Compression.GZIP: ["gzip", "-9nc"],
     Compression.XZ: ["xz", "-c", "--check=crc32"],

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import CLI_DECOMPRESS, COMPRESSED
 
 from initbuild import compress
 from initbuild.compress import Compression
@@ -38,13 +39,6 @@ from initbuild.sysroot import Sysroot
 
 EPOCH = 1_700_000_000
 IS_ROOT = os.geteuid() == 0
-COMPRESSED = [x for x in Compression if x is not Compression.NONE]
-CLI_DECOMPRESS = {
-    Compression.GZIP: ["gzip", "-dc"],
-    Compression.XZ: ["xz", "-dc"],
-    Compression.ZSTD: ["zstd", "-dcq"],
-    Compression.LZ4: ["lz4", "-dc"],
-}
 
 pytestmark = pytest.mark.skipif(not have_tool("cpio"), reason="GNU cpio is not installed")
 
