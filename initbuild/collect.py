@@ -75,6 +75,17 @@ class CheckContext:
         return find_binary(self.sysroot, name)
 
 
+@dataclass(frozen=True)
+class DriverRequest:
+    """A kernel driver asked for by a modules.d module (or the profile)."""
+
+    name: str  # module name or alias
+    optional: bool  # a warning, not an error, when the kernel lacks it
+    module: str  # who asked: a modules.d module name or "profile"
+    location: Location | None = None
+    first: bool = False  # loaded before every other driver (DriverTable.first)
+
+
 class Collector:
     """Builds one stage's manifest. Passed to module hooks as `ctx`."""
 
@@ -99,7 +110,7 @@ class Collector:
         self.context = context  # template variables (shared with /etc/initbuild/init.json)
         self.manifest = Manifest()
         self.module = "profile"
-        self._drivers: list[tuple[str, bool, str, Location | None]] = []
+        self._drivers: list[DriverRequest] = []
         self._renders: list[tuple[str, str, int, bool, list[str] | None, str]] = []
         for link in USRMERGE_LINKS:
             if sysroot.is_symlink(link):
@@ -258,8 +269,12 @@ class Collector:
             override,
         )
 
-    def add_driver(self, name: str, *, optional: bool = False, location: Location | None = None) -> None:
-        self._drivers.append((name, optional, self.module, location))
+    def add_driver(
+        self, name: str, *, optional: bool = False, location: Location | None = None, first: bool = False
+    ) -> None:
+        """Ask for a kernel driver (loaded at boot when its device is present). `first`: a driver that
+        makes loading the others faster, loaded before them when the CPU has what it needs."""
+        self._drivers.append(DriverRequest(name, optional, self.module, location, first))
 
     def render(
         self,
@@ -327,14 +342,15 @@ class Collector:
 
     def install_drivers(self, *, all_drivers: bool = False, firmware: bool = True) -> StageResult:
         """Resolve every requested driver once, add .ko files, firmware and the modules.* indexes."""
-        required = [n for n, opt, _, _ in self._drivers if not opt]
-        optional = [n for n, opt, _, _ in self._drivers if opt]
+        required = [d.name for d in self._drivers if not d.optional]
+        optional = [d.name for d in self._drivers if d.optional]
         if all_drivers:
             optional += [n for n in self.kmods.all_modules() if n not in required]
         # Name every missing required driver, each with who asked for it, before resolving.
-        for name, opt, module, location in self._drivers:
-            if not opt and not self.kmods.lookup(name):
-                who = "the profile" if module == "profile" else f"module {module!r}"
+        for d in self._drivers:
+            name, location = d.name, d.location
+            if not d.optional and not self.kmods.lookup(name):
+                who = "the profile" if d.module == "profile" else f"module {d.module!r}"
                 raise ResolveError(
                     f"kernel driver '{name}' (wanted by {who}) is not a module, alias or builtin of "
                     f"kernel {self.kver}",
@@ -389,15 +405,16 @@ def collect_stage(
         all_drivers=stage == 2 and profile.stage2.all_drivers, firmware=stage == 2 and profile.stage2.firmware
     )
     boot = [
-        (n, opt)
-        for n, opt, m, _ in c._drivers
-        if m in boot_modules(plan) or m == "profile" and n in profile.boot_drivers
+        (d.name, d.optional)
+        for d in c._drivers
+        if d.module in boot_modules(plan) or d.module == "profile" and d.name in profile.boot_drivers
     ]
-    everything = [(n, opt) for n, opt, _, _ in c._drivers]
+    everything = [(d.name, d.optional) for d in c._drivers]
+    first = [d.name for d in c._drivers if d.first]
     c.render_pending(
         {
-            "drivers": driver_table(kmods, everything).to_context(),
-            "boot_drivers": driver_table(kmods, boot).to_context(),
+            "drivers": driver_table(kmods, everything, first=first).to_context(),
+            "boot_drivers": driver_table(kmods, boot, first=first).to_context(),
         }
     )
     res.manifest.check()
@@ -406,6 +423,7 @@ def collect_stage(
 
 # Alias prefixes that name no device: a module with only these is not loaded by hardware detection.
 NON_DEVICE_ALIASES = ("fs-", "devname:", "char-major-", "block-major-", "symbol:", "crypto-", "net-pf-")
+CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
 # Filesystems whose mounts need codepage/charset modules (nls_*) for file names.
 NLS_FILESYSTEMS = ("vfat", "msdos", "fat", "exfat", "iso9660", "udf", "ntfs", "ntfs3", "hfsplus", "cifs")
 
@@ -420,6 +438,8 @@ class DriverTable:
     fs:       (filesystem type, module): loaded before mounting that type
     nls:      codepage modules, loaded with NLS_FILESYSTEMS
     eager:    requested modules that name no device or filesystem: always loaded
+    first:    (CPU modalias pattern, module): loaded before all others when the CPU matches ("*" for
+              a module that names no CPU feature); they speed up loading the rest
     """
 
     order: tuple[Kmod, ...]
@@ -428,6 +448,7 @@ class DriverTable:
     fs: tuple[tuple[str, str], ...]
     nls: tuple[str, ...]
     eager: tuple[str, ...]
+    first: tuple[tuple[str, str], ...] = ()
 
     def to_context(self) -> dict[str, Any]:
         return {
@@ -438,7 +459,8 @@ class DriverTable:
             "nls": list(self.nls),
             "nls_filesystems": list(NLS_FILESYSTEMS),
             "eager": list(self.eager),
-            "buses": alias_buses(p for p, _ in self.hardware),
+            "first": list(self.first),
+            "scan": modalias_globs(alias_buses(p for p, _ in self.hardware)),
         }
 
 
@@ -454,27 +476,44 @@ def alias_buses(patterns: Iterable[str]) -> list[str]:
     return sorted(buses)
 
 
-def driver_table(kmods: KernelModules, wanted: list[tuple[str, bool]]) -> DriverTable:
-    """Classify the requested drivers (name, optional) for on-demand loading at boot."""
+def modalias_globs(buses: Iterable[str]) -> list[str]:
+    """Where the devices of these buses show their modalias. The CPU has one for all of its cores,
+    listing its features (cpu:type:x86,ven...:feature:,0000,...), matched by accelerator modules."""
+    return [CPU_MODALIAS if bus == "cpu" else f"/sys/bus/{bus}/devices/*/modalias" for bus in buses]
+
+
+def driver_table(
+    kmods: KernelModules, wanted: list[tuple[str, bool]], *, first: Iterable[str] = ()
+) -> DriverTable:
+    """Classify the requested drivers (name, optional) for on-demand loading at boot; those of them
+    named in `first` are loaded before all others (and their closures come first in the order)."""
     res = kmods.resolve([n for n, opt in wanted if not opt], optional=[n for n, opt in wanted if opt])
     present = {k.name for k in res.modules}
     raw = kmods.raw_aliases()
     requested: list[str] = []
+    first_names: set[str] = set()
+    asked_first = set(first)
     for name, _ in wanted:
         for found in kmods.lookup(name):
             if not found.builtin and found.name in present and found.name not in requested:
                 requested.append(found.name)
+                if name in asked_first:
+                    first_names.add(found.name)
     closure: dict[str, tuple[str, ...]] = {}
     hardware: list[tuple[str, str]] = []
     fs: list[tuple[str, str]] = []
     nls: list[str] = []
     eager: list[str] = []
+    first_table: list[tuple[str, str]] = []
     for name in requested:
         closure[name] = tuple(k.name for k in kmods.resolve([name]).modules)
         aliases = raw.get(name, [])
         fstypes = [a[3:] for a in aliases if a.startswith("fs-")]
         devices = [a for a in aliases if ":" in a and not a.startswith(NON_DEVICE_ALIASES)]
-        if fstypes:
+        if name in first_names:
+            cpu = [a for a in devices if a.startswith("cpu:")]
+            first_table += [(p, name) for p in cpu] if cpu else [("*", name)]
+        elif fstypes:
             fs += [(t, name) for t in fstypes]
         elif devices:
             hardware += [(p, name) for p in devices]
@@ -482,7 +521,12 @@ def driver_table(kmods: KernelModules, wanted: list[tuple[str, bool]]) -> Driver
             nls.append(name)
         else:
             eager.append(name)
-    return DriverTable(tuple(res.modules), closure, tuple(hardware), tuple(fs), tuple(nls), tuple(eager))
+    # the closures of the first drivers lead the order (each keeps its dependencies before it)
+    lead = [n for _, m in first_table for n in closure[m]]
+    order = sorted(res.modules, key=lambda k: lead.index(k.name) if k.name in lead else len(lead))
+    return DriverTable(
+        tuple(order), closure, tuple(hardware), tuple(fs), tuple(nls), tuple(eager), tuple(first_table)
+    )
 
 
 def boot_modules(plan: Plan) -> set[str]:

@@ -428,7 +428,7 @@ def select(profile: Profile, specs: dict[str, ModuleSpec], kver: str, check: Che
         if name in profile.modules:
             roots.append((name, "requested by the profile"))
         elif name not in omitted and status(name)[0] is Check.INCLUDE:
-            roots.append((name, "included by default"))
+            roots.append((name, status(name)[1]))  # "included by default", or the hook's reason
     for name, why in roots:
         _visit(name, why, [], specs, status, omitted, reasons, profile)
 

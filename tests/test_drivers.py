@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
-from initbuild.collect import driver_table
+import pytest
+
+from initbuild.collect import CPU_MODALIAS, driver_table
 from initbuild.kmod import KernelModules
 from initbuild.sysroot import Sysroot
 
@@ -29,3 +32,29 @@ def test_driver_table_classifies_by_alias(kver: str) -> None:
         assert deps[-1] == name
         assert [order.index(d) for d in deps] == sorted(order.index(d) for d in deps)
     assert t.closure["erofs"] == ("crc32c_intel", "libcrc32c", "erofs")
+
+
+def test_first_drivers_lead_the_order_and_match_the_cpu(kver: str) -> None:
+    """A `first` driver (the accelerated signature hash) is matched against the CPU modalias and its
+    closure leads the load order; a CPU-feature driver asked for normally is scanned on the CPU."""
+    kmods = KernelModules(Sysroot("/"), kver)
+    algo = kmods.signature_hash()
+    providers = kmods.crypto_providers(algo) if algo else []
+    if not providers:
+        pytest.skip("no accelerated module-signature hash for this kernel")
+    wanted = [(n, False) for n in ("virtio_pci", "erofs")] + [(p, True) for p in providers]
+    t = driver_table(kmods, wanted, first=providers)
+    assert {m for _, m in t.first} == set(providers)
+    assert all(p.startswith("cpu:") or p == "*" for p, _ in t.first)
+    assert not {m for _, m in t.hardware} & set(providers) and not set(t.eager) & set(providers)
+    lead = [k.name for k in t.order][: len(t.closure[providers[0]])]
+    assert lead == list(t.closure[providers[0]])
+    # the same driver asked for without `first` is hardware on the CPU "bus", scanned where it is
+    t2 = driver_table(kmods, wanted)
+    assert {m for p, m in t2.hardware if p.startswith("cpu:")} >= set(providers)
+    assert CPU_MODALIAS in t2.to_context()["scan"]
+    cpu = Path(CPU_MODALIAS)
+    if cpu.exists() and "ssse3" in Path("/proc/cpuinfo").read_text():
+        # this host's CPU modalias matches one of the patterns (as the shell's `case` will)
+        alias = cpu.read_text().strip()
+        assert any(fnmatch.fnmatchcase(alias, p) for p, _ in t.first)

@@ -358,3 +358,58 @@ def test_real_module_compressed(tmp_path: Path, suffix: str) -> None:
         (tmp_path / "m.ko").write_bytes(data)
         assert read_modinfo(Sysroot(tmp_path), f"/m{suffix}") == read_modinfo(Sysroot(tmp_path), "/m.ko")
         assert read_modinfo(Sysroot(tmp_path), "/m.ko")
+
+
+# -- module signatures: modinfo's sig_hashalgo is the oracle ---------------------------------------
+
+
+@needs_host_tree
+def test_signature_hash_matches_modinfo() -> None:
+    assert KVER is not None and run.have_tool("modinfo")
+    km = KernelModules(Sysroot("/"), KVER)
+    names = km.all_modules()[::97][:12] + ["erofs", "overlay"]
+    for name in names:
+        path = km.kmod(name).path
+        cp = run.run(["modinfo", "-F", "sig_hashalgo", path])
+        expected = cp.stdout.decode().strip() or None
+        sig = km.signature(name)
+        assert (sig.hash_algo if sig else None) == expected, name
+    if km.signature_hash() is not None:
+        assert km.signature_hash() == expected
+
+
+@needs_host_tree
+def test_signature_stripped_and_damaged(tmp_path: Path) -> None:
+    """An unsigned module has no signature; a cut or garbled one never raises, whatever the bytes."""
+    from initbuild.kmod import MODULE_SIG_STRING, module_signature, pkcs7_digest_algo
+
+    assert KVER is not None
+    km = KernelModules(Sysroot("/"), KVER)
+    data = Path(km.kmod("erofs").path).read_bytes()
+    sig = module_signature(data)
+    if sig is None:
+        pytest.skip("this kernel's modules are not signed")
+    body = data[: -len(MODULE_SIG_STRING) - 12 - sig.sig_len]
+    assert module_signature(body) is None
+    assert body.startswith(b"\x7fELF") and not body.endswith(MODULE_SIG_STRING)
+    blob = data[len(body) : len(body) + sig.sig_len]
+    for cut in range(0, len(blob), 7):
+        assert pkcs7_digest_algo(blob[:cut]) in (None, sig.hash_algo)
+    for i in range(0, min(len(blob), 80)):
+        garbled = blob[:i] + bytes([blob[i] ^ 0xFF]) + blob[i + 1 :]
+        pkcs7_digest_algo(garbled)  # must not raise
+    # a sig_len larger than the file
+    assert module_signature(b"\0" * 8 + b"\0\0\x02\0\0\0\0\0\xff\xff\xff\xff" + MODULE_SIG_STRING) is None
+
+
+@needs_host_tree
+def test_crypto_providers_are_loadable_implementations() -> None:
+    assert KVER is not None
+    km = KernelModules(Sysroot("/"), KVER)
+    algo = km.signature_hash()
+    if algo is None:
+        pytest.skip("this kernel's modules are not signed")
+    for name in km.crypto_providers(algo):
+        assert not km.is_builtin(name)
+        cp = run.run(["modinfo", "-k", KVER, "-F", "alias", name])
+        assert f"crypto-{algo}" in cp.stdout.decode().split()

@@ -53,7 +53,7 @@ def checker(unavailable: Iterable[str] = (), calls: list[str] | None = None) -> 
             calls.append(spec.name)
         if spec.name in bad:
             return Check.UNAVAILABLE, f"binary '{spec.name}-tool' not found in the sysroot"
-        return spec.check, "ok"
+        return spec.check, "included by default" if spec.check is Check.INCLUDE else "on demand"
 
     return check
 
@@ -441,7 +441,9 @@ def test_cli_plan_json_reasons(sysroot: Path, tmp_path: Path) -> None:
         ("test", "requested by the profile"),
     ]
     assert data["unavailable"] == [
-        {"name": "fancy", "why": "binary 'no-such-tool-xyz' not found in the sysroot"}
+        {"name": "fancy", "why": "binary 'no-such-tool-xyz' not found in the sysroot"},
+        # the fake tree's modules carry no signature: nothing to accelerate
+        {"name": "modsign", "why": "the kernel's modules are not signed (or their digest is unknown)"},
     ]
 
 
@@ -456,4 +458,5 @@ def test_cli_plan_override_and_omit(sysroot: Path, tmp_path: Path) -> None:
         "  00base             stage both  included by default",
         "  15storage          stage both  included by default",
         "  (not used) initoverlayfs: not used in plain mode",
+        "  (not used) modsign: the kernel's modules are not signed (or their digest is unknown)",
     ]

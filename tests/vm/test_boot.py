@@ -155,6 +155,11 @@ def test_detection_loads_only_what_the_machine_needs(
     _assert_reached_real_root(res)
     assert "loaded virtio_blk" in res.console and "loaded erofs" in res.console
     assert "loaded scsi_mod" not in res.console and "loaded vfat" not in res.console
+    # the CPU-accelerated module-signature hash (modules.d/05modsign) is the first module loaded
+    loaded = [
+        line.split("initbuild: ", 1)[1] for line in res.console.splitlines() if "initbuild: loaded " in line
+    ]
+    assert loaded and loaded[0].startswith("loaded sha256_ssse3 (first"), loaded[:3]
 
 
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
