@@ -111,6 +111,8 @@ class Collector:
         self.manifest = Manifest()
         self.module = "profile"
         self._drivers: list[DriverRequest] = []
+        # Stage one loads only what mounting stage two needs: no softdep the kernel provides built in.
+        self.lean = stage == 1
         self._renders: list[tuple[str, str, int, bool, list[str] | None, str]] = []
         for link in USRMERGE_LINKS:
             if sysroot.is_symlink(link):
@@ -357,7 +359,7 @@ class Collector:
                     location=location,
                     hint=f"list /lib/modules/{self.kver}/modules.dep in the sysroot, or use optional_drivers",
                 )
-        res = self.kmods.resolve(required, optional=optional)
+        res = self.kmods.resolve(required, optional=optional, lean=self.lean)
         for name in res.missing_optional:
             if not all_drivers:
                 log.verbose(f"optional driver '{name}' is not in kernel {self.kver}, skipped")
@@ -413,8 +415,8 @@ def collect_stage(
     first = [d.name for d in c._drivers if d.first]
     c.render_pending(
         {
-            "drivers": driver_table(kmods, everything, first=first).to_context(),
-            "boot_drivers": driver_table(kmods, boot, first=first).to_context(),
+            "drivers": driver_table(kmods, everything, first=first, lean=c.lean).to_context(),
+            "boot_drivers": driver_table(kmods, boot, first=first, lean=c.lean).to_context(),
         }
     )
     res.manifest.check()
@@ -483,11 +485,14 @@ def modalias_globs(buses: Iterable[str]) -> list[str]:
 
 
 def driver_table(
-    kmods: KernelModules, wanted: list[tuple[str, bool]], *, first: Iterable[str] = ()
+    kmods: KernelModules, wanted: list[tuple[str, bool]], *, first: Iterable[str] = (), lean: bool = False
 ) -> DriverTable:
     """Classify the requested drivers (name, optional) for on-demand loading at boot; those of them
-    named in `first` are loaded before all others (and their closures come first in the order)."""
-    res = kmods.resolve([n for n, opt in wanted if not opt], optional=[n for n, opt in wanted if opt])
+    named in `first` are loaded before all others (and their closures come first in the order).
+    `lean`: closures without softdeps the kernel provides built in (KernelModules.resolve)."""
+    res = kmods.resolve(
+        [n for n, opt in wanted if not opt], optional=[n for n, opt in wanted if opt], lean=lean
+    )
     present = {k.name for k in res.modules}
     raw = kmods.raw_aliases()
     requested: list[str] = []
@@ -506,7 +511,7 @@ def driver_table(
     eager: list[str] = []
     first_table: list[tuple[str, str]] = []
     for name in requested:
-        closure[name] = tuple(k.name for k in kmods.resolve([name]).modules)
+        closure[name] = tuple(k.name for k in kmods.resolve([name], lean=lean).modules)
         aliases = raw.get(name, [])
         fstypes = [a[3:] for a in aliases if a.startswith("fs-")]
         devices = [a for a in aliases if ":" in a and not a.startswith(NON_DEVICE_ALIASES)]

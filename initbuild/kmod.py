@@ -253,6 +253,13 @@ class KernelModules:
             return [_Found(key, True)]
         return [_Found(n, True) for n in dict.fromkeys(self._builtin_aliases.get(key, []))]
 
+    def builtin_provider(self, name: str) -> str | None:
+        """The built-in module that is, or carries the alias, `name` (crc32c_generic for "crc32c")."""
+        key = normalize(name)
+        if key in self._builtin:
+            return key
+        return next(iter(self._builtin_aliases.get(key, [])), None)
+
     def kmod(self, name: str) -> Kmod:
         """The Kmod of a loadable module name (its .modinfo is read once)."""
         name = normalize(name)
@@ -273,11 +280,15 @@ class KernelModules:
         return next((s for s in self._softdeps if fnmatch.fnmatchcase(name, s.pattern)), None)
 
     # -- the closure ------------------------------------------------------------------------------
-    def resolve(self, names: Iterable[str], *, optional: Iterable[str] = ()) -> Resolution:
+    def resolve(
+        self, names: Iterable[str], *, optional: Iterable[str] = (), lean: bool = False
+    ) -> Resolution:
         """The modules to load for `names` (required) and `optional`, in load order.
 
         A required name that is neither a module, an alias nor builtin raises ResolveError; a missing
-        optional one is reported in `missing_optional`.
+        optional one is reported in `missing_optional`. `lean` leaves out a softdep that the kernel
+        already provides built in (libcrc32c's "pre: crc32c" with crc32c_generic built in): what
+        modprobe would add for it is only another implementation, such as crc32c_intel.
         """
         order: list[str] = []
         builtin: list[str] = []
@@ -293,12 +304,12 @@ class KernelModules:
                 if f.builtin:
                     builtin.append(f.name)
                 else:
-                    order.extend(self._probe_list(f.name, builtin))
+                    order.extend(self._probe_list(f.name, builtin, lean))
         mods = [self.kmod(n) for n in dict.fromkeys(order)]
         self._check_cycles(mods)
         return Resolution(mods, list(dict.fromkeys(builtin)), missing)
 
-    def _probe_list(self, name: str, builtin: list[str]) -> list[str]:
+    def _probe_list(self, name: str, builtin: list[str], lean: bool = False) -> list[str]:
         """libkmod's probe list for one module (may contain repeats; the first occurrence counts)."""
         out: list[str] = []
         visited: set[str] = set()
@@ -313,19 +324,24 @@ class KernelModules:
 
         def fill(mod: str) -> None:  # __kmod_module_fill_softdep
             soft = self._softdeps_of(mod)
-            for target in self._softdep_targets(mod, soft.pre if soft else (), builtin):
+            for target in self._softdep_targets(mod, soft.pre if soft else (), builtin, lean):
                 probe(target)
             out.append(mod)
-            for target in self._softdep_targets(mod, soft.post if soft else (), builtin):
+            for target in self._softdep_targets(mod, soft.post if soft else (), builtin, lean):
                 probe(target)
 
         probe(name)
         return out
 
-    def _softdep_targets(self, mod: str, names: Iterable[str], builtin: list[str]) -> list[str]:
+    def _softdep_targets(
+        self, mod: str, names: Iterable[str], builtin: list[str], lean: bool = False
+    ) -> list[str]:
         """Loadable modules a softdep names; builtin ones go to `builtin` (modprobe prints them)."""
         out = []
         for n in names:
+            if lean and (provided := self.builtin_provider(n)):
+                builtin.append(provided)
+                continue
             found = self.lookup(n)
             if not found and (mod, n) not in self._warned:
                 self._warned.add((mod, n))

@@ -203,11 +203,12 @@ ib_coldplug() {
 ib_load_first() {
     [ -n "${IB_FIRST-}" ] || return 0
     _ib_cpu=
-    read -r _ib_cpu < /sys/devices/system/cpu/modalias 2>/dev/null
     set -f
     for _ib_p in $IB_FIRST; do
         _ib_m=${_ib_p%%|*}
         [ -d "/sys/module/$_ib_m" ] && continue
+        # read only when needed: the shell reads it a byte per system call (after stage one: never)
+        [ -n "$_ib_cpu" ] || read -r _ib_cpu < /sys/devices/system/cpu/modalias 2>/dev/null
         # shellcheck disable=SC2254 # the alias is a pattern on purpose
         case "$_ib_cpu" in ${_ib_p#*|}) ;; *) continue ;; esac
         _ib_deps=

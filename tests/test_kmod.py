@@ -413,3 +413,30 @@ def test_crypto_providers_are_loadable_implementations() -> None:
         assert not km.is_builtin(name)
         cp = run.run(["modinfo", "-k", KVER, "-F", "alias", name])
         assert f"crypto-{algo}" in cp.stdout.decode().split()
+
+
+@needs_host_tree
+def test_lean_resolution_drops_only_softdeps_provided_builtin() -> None:
+    """Stage one's lean closure: modprobe's, minus the modules a softdep would add although a built-in
+    module already carries the name (libcrc32c's "pre: crc32c" with crc32c_generic built in)."""
+    assert KVER is not None and run.have_tool("modinfo")
+    km = KernelModules(Sysroot("/"), KVER)
+    for name in IMPORTANT:
+        full = [m.name for m in km.resolve([name], optional=[]).modules] if km.lookup(name) else []
+        lean = [m.name for m in km.resolve([name], lean=True).modules] if km.lookup(name) else []
+        assert lean == [m for m in full if m in lean], name  # a subsequence, same order
+        for dropped in set(full) - set(lean):
+            # some module of `full` names a softdep that a built-in provides (modinfo as the oracle)
+            softdeps = []
+            for m in full:
+                cp = run.run(["modinfo", "-k", KVER, "-F", "softdep", m])
+                softdeps += [w for w in cp.stdout.decode().split() if not w.endswith(":")]
+            providers = [km.builtin_provider(s) for s in softdeps]
+            assert any(providers), (name, dropped, softdeps)
+            for p in filter(None, providers):
+                aliases = run.run(["modinfo", "-k", KVER, "-F", "alias", p]).stdout.decode().split()
+                assert set(aliases) & set(softdeps) or p in softdeps, (p, softdeps)
+    if km.builtin_provider("crc32c") and km.lookup("libcrc32c"):
+        lean_erofs = km.resolve(["erofs"], lean=True)
+        assert "crc32c_intel" not in [m.name for m in lean_erofs.modules]
+        assert km.builtin_provider("crc32c") in lean_erofs.builtin
