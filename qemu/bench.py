@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB (default 2048)")
     ap.add_argument("--timeout", type=float, default=600.0, help="host seconds per boot (default 600)")
     ap.add_argument("--no-icount", action="store_true", help="KVM if it works, else TCG; not repeatable")
+    bl.add_machine_arg(ap)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/initbuild-bench"), help="builds and logs")
     ap.add_argument("--out", type=Path, help="results directory (default qemu/results; --quick: WORKDIR)")
     ap.add_argument("--update-readme", action="store_true", help="rewrite the README's bench block")
@@ -87,6 +88,7 @@ def make_machine(kver: str, root: Path, stage2: Path, args: argparse.Namespace) 
         memory_mb=args.memory,
         deterministic=not args.no_icount,
         timeout=args.timeout,
+        machine_type=args.machine,
     )
 
 
@@ -284,7 +286,7 @@ def write_outputs(
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(data, indent=1) + "\n")
-    sub = f"{data['kernel']}, {data['accel']}, -m {data['memory_mb']}, {data['when']}"
+    sub = f"{data['kernel']}, {data['accel']}, {data['machine']}, -m {data['memory_mb']}, {data['when']}"
     (out / "latest.svg").write_text(report.svg_plot(results, sub))
     (out / "latest.md").write_text(md + "\n")
     bl.say(f"wrote {out}/latest.json, latest.svg, latest.md")
@@ -293,10 +295,13 @@ def write_outputs(
 def readme_block(md_table: str, summary: list[str], data: dict[str, Any]) -> str:
     sizes = ",".join(str(s) for s in data["sizes_mb"])
     boots = f" --boots {data['boots']}" if data["boots"] != DEFAULT_BOOTS else ""
+    if data["machine"] != "pc":
+        boots += f" --machine {data['machine']}"
     return "\n".join(
         [
             f"Latest run: {data['when']}, initbuild {data['initbuild_commit']}, kernel {data['kernel']}, "
-            f"{data['accel']}, -m {data['memory_mb']}, {data['boots']} boots per variant "
+            f"{data['accel']}, machine {data['machine']}, -m {data['memory_mb']}, "
+            f"{data['boots']} boots per variant "
             f"(`python3 qemu/bench.py --sizes {sizes}{boots} --update-readme`).",
             "",
             "![time to userspace and MemAvailable against payload size](qemu/results/latest.svg)",
@@ -358,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": kver,
         "initbuild_commit": bl.source_revision(),
         "accel": machine.accel(),
+        "machine": machine.machine_type,
         "memory_mb": args.memory,
         "boots": args.boots,
         "sizes_mb": args.sizes,

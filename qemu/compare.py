@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--no-icount", action="store_true", help="KVM if it works, else TCG, without -icount (not repeatable)"
     )
+    bl.add_machine_arg(ap)
     ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB (default 2048)")
     ap.add_argument("--timeout", type=float, default=300.0, help="host seconds per boot (default 300)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         memory_mb=args.memory,
         deterministic=not args.no_icount,
         timeout=args.timeout,
+        machine_type=args.machine,
     )
-    bl.say(f"booting each variant {args.boots} times ({machine.accel()}, -m {args.memory}) ...")
+    bl.say(f"booting each variant {args.boots} times ({machine.describe()}, -m {args.memory}) ...")
     results = []
     for v in variants:
         initrd = images[v.name].initrd

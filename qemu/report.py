@@ -97,7 +97,7 @@ def comparison_table(results: Sequence[Result], machine: bl.Machine) -> str:
             f"{mem_cells(r)} | {fmt(r.median('wall'), 1)} |"
         )
     note = (
-        f"\n{len(results[0].samples) if results else 0} boots per variant, {machine.accel()}, "
+        f"\n{len(results[0].samples) if results else 0} boots per variant, {machine.describe()}, "
         f"-m {machine.memory_mb}, 1 vCPU, virtio-pmem real root, initbuild {bl.source_revision()}; "
         "times are guest uptime. MemAvailable at stage two's start is what the initramfs pins while its "
         "userspace runs; at the real root a plain initramfs has already freed it."
@@ -131,6 +131,7 @@ def results_json(results: Sequence[Result], machine: bl.Machine, kver: str) -> d
         "kernel": kver,
         "initbuild_commit": bl.source_revision(),
         "accel": machine.accel(),
+        "machine": machine.machine_type,
         "memory_mb": machine.memory_mb,
         "results": [r.to_json() for r in results],
     }

@@ -162,6 +162,26 @@ def test_detection_loads_only_what_the_machine_needs(
     assert loaded and loaded[0].startswith("loaded sha256_ssse3 (first"), loaded[:3]
 
 
+def test_q35_machine_boots_the_same_image(
+    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+) -> None:
+    """The harness's q35 machine (PCIe, ICH9): the same image reaches the real root through the same
+    virtio drivers, and virtio_pci no longer pays i440fx's AML interrupt-routing loop."""
+    args = f"{ROOT_ARGS} initbuild.debug"
+    res = _boot(
+        kernel,
+        overlay.path("initramfs"),
+        args,
+        log_dir,
+        "overlay-q35",
+        disks=(Disk(root_disk),),
+        machine="q35",
+    )
+    _assert_reached_real_root(res)
+    assert "-machine q35" in res.command()
+    assert "loaded virtio_pci" in res.console and "loaded erofs" in res.console
+
+
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
     res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-uuid", disks=(Disk(root_disk),))
