@@ -8,6 +8,7 @@ keeps the whole console log, and parses boot times from it.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import shlex
@@ -156,9 +157,10 @@ def boot(vm: VM, *, log_path: Path | None = None) -> BootResult:
     done = threading.Event()
 
     def reader() -> None:
-        assert proc.stdout is not None
+        out = proc.stdout
+        assert isinstance(out, io.BufferedReader)  # Popen's default buffering: read1 returns what is there
         buf = ""
-        for raw in iter(lambda: proc.stdout.read1(4096) if proc.stdout else b"", b""):  # type: ignore[union-attr]
+        for raw in iter(lambda: out.read1(4096), b""):
             text = raw.decode("utf-8", errors="replace")
             chunks.append(text)
             buf = (buf + text)[-200000:]
