@@ -19,7 +19,7 @@ import pytest
 from initbuild.bootharness import VM, BootResult, Disk, boot
 from initbuild.build import BuildReport, build
 from initbuild.config import load_profile_text
-from initbuild.disks import make_ext4, make_root_tree
+from initbuild.disks import make_ext4, make_root_tree, partitioned_disk
 from initbuild.modules import MODULES_DIR
 
 pytestmark = pytest.mark.vm
@@ -180,6 +180,26 @@ def test_q35_machine_boots_the_same_image(
     _assert_reached_real_root(res)
     assert "-machine q35" in res.command()
     assert "loaded virtio_pci" in res.console and "loaded erofs" in res.console
+
+
+@pytest.mark.parametrize("table", ["gpt", "mbr"])
+def test_initoverlayfs_by_partuuid_and_partlabel(
+    table: str, tmp_path: Path, kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+) -> None:
+    """bootfs and root named by partition (disks.partitioned_disk writes the table; the kernel parses
+    it): GPT by PARTLABEL and PARTUUID (a GUID), MBR by PARTUUID (disk signature-partition)."""
+    disk = tmp_path / f"{table}.img"
+    guid = "f00dcafe-1234-4abc-8def-0123456789ab"
+    partuuid = partitioned_disk(
+        root_disk, disk, table=table, part_guid=guid, part_label="ib-root", disk_id=""
+    )
+    bootfs = "PARTLABEL=ib-root" if table == "gpt" else f"PARTUUID={partuuid.upper()}"
+    args = f"root=PARTUUID={partuuid} rootfstype=ext4 initbuild.panic=poweroff initbuild.bootfs={bootfs}"
+    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, f"overlay-{table}", disks=(Disk(disk),))
+    _assert_reached_real_root(res)
+    assert partuuid == (guid if table == "gpt" else "1b2c3d4e-01")
+    assert f"bootfs {bootfs} is /dev/vda1" in res.console, res.explain()
+    assert f"root PARTUUID={partuuid} (/dev/vda1) mounted" in res.console, res.explain()
 
 
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
