@@ -10,7 +10,7 @@ IB_KMSG=/dev/kmsg
 
 # Sets IB_UP to the uptime in seconds (a builtin read: no fork per log line).
 ib_uptime() {
-    IFS=' ' read -r IB_UP _ib_idle < /proc/uptime 2>/dev/null || IB_UP='?'
+    { IFS=' ' read -r IB_UP _ib_idle < /proc/uptime; } 2>/dev/null || IB_UP='?'
 }
 
 # ib_log LEVEL MESSAGE...: LEVEL is a syslog priority (3 err, 4 warning, 6 info, 7 debug)
@@ -176,7 +176,8 @@ ib_coldplug() {
     # shellcheck disable=SC2086 # IB_SCAN holds globs of the buses the aliases name
     for _ib_f in $IB_SCAN; do
         [ -e "${_ib_f%/modalias}/driver" ] && continue
-        read -r _ib_a < "$_ib_f" 2>/dev/null || continue
+        # (an unmatched glob names no file: the braces keep the shell's "can't open" off the console)
+        { read -r _ib_a < "$_ib_f"; } 2>/dev/null || continue
         set -f
         for _ib_p in $IB_HW; do
             # shellcheck disable=SC2254 # the alias is a pattern on purpose
@@ -208,7 +209,7 @@ ib_load_first() {
         _ib_m=${_ib_p%%|*}
         [ -d "/sys/module/$_ib_m" ] && continue
         # read only when needed: the shell reads it a byte per system call (after stage one: never)
-        [ -n "$_ib_cpu" ] || read -r _ib_cpu < /sys/devices/system/cpu/modalias 2>/dev/null
+        [ -n "$_ib_cpu" ] || { read -r _ib_cpu < /sys/devices/system/cpu/modalias; } 2>/dev/null
         # shellcheck disable=SC2254 # the alias is a pattern on purpose
         case "$_ib_cpu" in ${_ib_p#*|}) ;; *) continue ;; esac
         _ib_deps=
@@ -282,7 +283,7 @@ ib_unclaimed() {
     _ib_u=
     for _ib_f in /sys/bus/*/devices/*/modalias; do
         [ -e "${_ib_f%/modalias}/driver" ] && continue
-        read -r _ib_a < "$_ib_f" 2>/dev/null || continue
+        { read -r _ib_a < "$_ib_f"; } 2>/dev/null || continue
         case "$_ib_a" in
             pci:*bc01* | virtio:* | scsi:* | nd:* | usb:*) _ib_u="$_ib_u $_ib_a" ;;
         esac
