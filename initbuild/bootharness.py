@@ -52,6 +52,7 @@ class VM:
     icount: bool = False  # deterministic guest time (-icount shift=0,sleep=off, rtc clock=vm)
     timeout: float = 120.0  # host seconds
     expect: tuple[str, ...] = (MARKER,)  # stop when every one of these substrings was seen
+    devices: tuple[str, ...] = ()  # more -device specs, e.g. "virtio-rng-pci"
 
     def argv(self) -> list[str]:
         qemu = find_tool(
@@ -94,6 +95,8 @@ class VM:
             else:
                 ro = ",readonly=on" if d.readonly else ""
                 argv += ["-drive", f"file={d.path},format=raw,if=virtio,cache=unsafe{ro}"]
+        for dev in self.devices:
+            argv += ["-device", dev]
         return argv
 
 

@@ -113,6 +113,7 @@ class Collector:
         self._drivers: list[DriverRequest] = []
         # Stage one loads only what mounting stage two needs: no softdep the kernel provides built in.
         self.lean = stage == 1
+        self._binary_indexes = False  # modules.*.bin too (want_binary_module_indexes)
         self._renders: list[tuple[str, str, int, bool, list[str] | None, str]] = []
         for link in USRMERGE_LINKS:
             if sysroot.is_symlink(link):
@@ -271,6 +272,11 @@ class Collector:
             override,
         )
 
+    def want_binary_module_indexes(self) -> None:
+        """Also ship the binary modules.*.bin indexes (depmod's), for programs linked with libkmod
+        (udev's kmod builtin, kmod's modprobe): busybox modprobe and /init need only the text ones."""
+        self._binary_indexes = True
+
     def add_driver(
         self, name: str, *, optional: bool = False, location: Location | None = None, first: bool = False
     ) -> None:
@@ -372,6 +378,8 @@ class Collector:
                     self.add_path(fw, why=f"firmware of {km.name}")
         # Stage one insmods explicit paths in a fixed order: modprobe's indexes are dead weight there.
         indexes = self.kmods.index_files(list(res.modules)) if self.stage == 2 else {}
+        if self.stage == 2 and self._binary_indexes:
+            indexes.update(self.kmods.binary_indexes(list(res.modules)))
         for path, data in sorted(indexes.items()):
             dest = path if path.startswith("/") else f"/lib/modules/{self.kver}/{path}"
             self.add_data(dest, data, why="module index for modprobe")

@@ -23,8 +23,10 @@ import gzip
 import io
 import lzma
 import posixpath
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zstandard
 from elftools.common.exceptions import ELFError
@@ -463,6 +465,28 @@ class KernelModules:
                 p = f"{self.moddir}/{n}"
                 out[n] = self.sysroot.read_bytes(p) if self.sysroot.is_file(p) else b""
         return out
+
+    def binary_indexes(self, selected: list[Kmod]) -> dict[str, bytes]:
+        """The binary modules.*.bin indexes libkmod reads (udev's kmod builtin, kmod's modprobe) for an
+        image holding only `selected`: `depmod -b STAGING` over links to those modules, with this
+        tree's modules.order and modules.builtin(.modinfo). Keyed by file name."""
+        from .run import find_tool, run  # the one place that runs programs
+
+        depmod = find_tool(
+            "depmod", reason="write the binary module indexes libkmod reads", hint="apt-get install kmod"
+        )
+        with tempfile.TemporaryDirectory(prefix="initbuild-depmod-") as tmp:
+            staged = Path(tmp) / "lib" / "modules" / self.kver
+            staged.mkdir(parents=True)
+            for km in selected:
+                dest = staged / posixpath.relpath(km.path, self.moddir)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.symlink_to(self.sysroot.host_path(self.sysroot.resolve(km.path)))
+            for name, data in self.index_files(selected).items():
+                if name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+                    (staged / name).write_bytes(data)
+            run([depmod, "-b", tmp, self.kver])
+            return {p.name: p.read_bytes() for p in sorted(staged.glob("modules.*.bin"))}
 
     def _dep_subset(self, names: set[str]) -> bytes:
         lines = []

@@ -440,3 +440,31 @@ def test_lean_resolution_drops_only_softdeps_provided_builtin() -> None:
         lean_erofs = km.resolve(["erofs"], lean=True)
         assert "crc32c_intel" not in [m.name for m in lean_erofs.modules]
         assert km.builtin_provider("crc32c") in lean_erofs.builtin
+
+
+@needs_host_tree
+def test_binary_indexes_are_what_libkmod_reads(tmp_path: Path) -> None:
+    """modules.*.bin for a subset: kmod's modprobe (libkmod, which reads only the binary indexes) run on
+    a tree holding just those modules resolves names and aliases to our closure, and nothing else."""
+    assert KVER is not None and run.have_tool("depmod")
+    km = KernelModules(Sysroot("/"), KVER)
+    selected = km.resolve(["erofs", "virtio_blk", "overlay"]).modules
+    root = tmp_path / "root"
+    moddir = root / "lib" / "modules" / KVER
+    for m in selected:
+        dest = moddir / os.path.relpath(m.path, km.moddir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(m.path, dest)
+    bins = km.binary_indexes(selected)
+    assert {"modules.dep.bin", "modules.alias.bin", "modules.symbols.bin"} <= set(bins)
+    # as in an image: the text indexes too (libkmod reads softdeps from modules.softdep)
+    for name, data in {**km.index_files(selected), **bins}.items():
+        (moddir / name).write_bytes(data)
+    for request in ["erofs", "overlay", "fs-erofs", "virtio:d00000002v00001AF4"]:
+        cp = run.run(["modprobe", "-d", str(root), "-S", KVER, "--show-depends", request])
+        lines = cp.stdout.decode().splitlines()
+        insmods = [Path(w.split()[1]).name for w in lines if w.startswith("insmod ")]
+        assert insmods == [Path(m.path).name for m in km.resolve([request]).modules], request
+    # a module left out of the subset is unknown to libkmod there
+    cp = run.run(["modprobe", "-d", str(root), "-S", KVER, "--show-depends", "btrfs"], check=False)
+    assert cp.returncode != 0

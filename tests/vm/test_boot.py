@@ -202,6 +202,33 @@ def test_initoverlayfs_by_partuuid_and_partlabel(
     assert f"root PARTUUID={partuuid} (/dev/vda1) mounted" in res.console, res.explain()
 
 
+UDEV = (
+    OVERLAY.format(compression="lz4").replace("modules: [test]", "modules: [test, udev]")
+    + """
+drivers: [virtio_rng]
+"""
+)
+
+
+def test_udev_in_stage_two(tmp_path: Path, kernel: Path, log_dir: Path) -> None:
+    """modules.d/40udev: udevd makes /dev/disk/by-label (the root is named through it) and loads the
+    driver of a device /init leaves alone (virtio-rng) through libkmod and the binary indexes."""
+    built = _build(tmp_path / "out", UDEV)
+    tree = make_root_tree(tmp_path / "rootfs")
+    shutil.copy(built.path("stage2"), tree / "boot" / built.path("stage2").name)
+    disk = make_ext4(tree, tmp_path / "root.img", label="root")
+    args = "root=/dev/disk/by-label/root rootfstype=ext4 initbuild.panic=poweroff"
+    res = _boot(
+        kernel, built.path("initramfs"), args, log_dir, "overlay-udev", disks=(Disk(disk),),
+        devices=("virtio-rng-pci",),
+    )  # fmt: skip
+    _assert_reached_real_root(res)
+    settled = [s for _, s in res.steps() if s.startswith("udev settled")]
+    assert settled and "virtio_rng" in settled[0].split(":", 1)[1].split(), res.explain()
+    assert "root /dev/disk/by-label/root (/dev/disk/by-label/root) mounted" in res.console, res.explain()
+    assert "systemd-udevd did not start" not in res.console
+
+
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
     res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-uuid", disks=(Disk(root_disk),))
