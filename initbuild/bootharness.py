@@ -53,6 +53,7 @@ class VM:
     timeout: float = 120.0  # host seconds
     expect: tuple[str, ...] = (MARKER,)  # stop when every one of these substrings was seen
     devices: tuple[str, ...] = ()  # more -device specs, e.g. "virtio-rng-pci"
+    cpu: str | None = None  # -cpu model; None: host under KVM, max under TCG (see _cpu_model)
 
     def argv(self) -> list[str]:
         qemu = find_tool(
@@ -73,7 +74,7 @@ class VM:
             "-monitor", "none",
             "-machine", self.machine,
             "-accel", accel,
-            "-cpu", _cpu_model(accel, deterministic),
+            "-cpu", self.cpu or _cpu_model(accel, deterministic),
             "-smp", "1",
             "-m", mem,
             "-kernel", str(self.kernel),

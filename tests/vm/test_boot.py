@@ -229,6 +229,27 @@ def test_udev_in_stage_two(tmp_path: Path, kernel: Path, log_dir: Path) -> None:
     assert "systemd-udevd did not start" not in res.console
 
 
+def test_cpu_without_the_accelerated_hash(
+    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+) -> None:
+    """On a CPU without SSSE3 (qemu64) the CPU modalias matches none of sha256_ssse3's aliases: /init
+    does not try it, and boots as before."""
+    args = f"{ROOT_ARGS} initbuild.debug"
+    res = _boot(
+        kernel,
+        overlay.path("initramfs"),
+        args,
+        log_dir,
+        "overlay-qemu64",
+        disks=(Disk(root_disk),),
+        cpu="qemu64",
+    )
+    _assert_reached_real_root(res)
+    assert "-cpu qemu64" in res.command()
+    assert "loaded sha256_ssse3" not in res.console and "cannot load sha256_ssse3" not in res.console
+    assert "loaded erofs" in res.console
+
+
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
     res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-uuid", disks=(Disk(root_disk),))
