@@ -245,6 +245,8 @@ ib_drivers_start() {
     ib_load_first
     if [ "${IB_ARG_drivers-}" = all ]; then
         for _ib_e in $IB_ORDER; do
+            # the first drivers only when the CPU has their feature (ib_load_first)
+            case " ${IB_FIRST-} " in *" ${_ib_e%%=*}|"*) continue ;; esac
             eval "IB_W_${_ib_e%%=*}=1"
         done
     else

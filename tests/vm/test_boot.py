@@ -233,8 +233,8 @@ def test_cpu_without_the_accelerated_hash(
     kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
 ) -> None:
     """On a CPU without SSSE3 (qemu64) the CPU modalias matches none of sha256_ssse3's aliases: /init
-    does not try it, and boots as before."""
-    args = f"{ROOT_ARGS} initbuild.debug"
+    does not try it, not even with initbuild.drivers=all, and boots as before."""
+    args = f"{ROOT_ARGS} initbuild.debug initbuild.drivers=all"
     res = _boot(
         kernel,
         overlay.path("initramfs"),
@@ -247,7 +247,7 @@ def test_cpu_without_the_accelerated_hash(
     _assert_reached_real_root(res)
     assert "-cpu qemu64" in res.command()
     assert "loaded sha256_ssse3" not in res.console and "cannot load sha256_ssse3" not in res.console
-    assert "loaded erofs" in res.console
+    assert "loaded erofs" in res.console and "loaded scsi_mod" in res.console
 
 
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
