@@ -385,8 +385,11 @@ class KernelModules:
 
     def signature_hash(self, sample: int = 3) -> str | None:
         """The hash the kernel computes over every module it verifies ("sha256"), from the signatures of
-        the first `sample` modules of modules.dep; None when they are unsigned (or the digest unknown)."""
-        for name in list(self._dep)[:sample]:
+        the first `sample` in-tree modules of modules.dep; None when they are unsigned (or the digest
+        unknown)."""
+        # in-tree modules first: out-of-tree ones (DKMS, updates/) may be unsigned or signed otherwise
+        names = sorted(self._dep, key=lambda n: not self._dep[n][0].startswith("kernel/"))
+        for name in names[:sample]:
             sig = self.signature(name)
             if sig is not None and sig.hash_algo:
                 return sig.hash_algo
