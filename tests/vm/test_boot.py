@@ -119,6 +119,13 @@ def root_disk(tmp_path_factory: pytest.TempPathFactory, overlay: Built) -> Path:
 ROOT_ARGS = "root=LABEL=root rootfstype=ext4 initbuild.panic=poweroff"
 
 
+def _boot_overlay(
+    kernel: Path, overlay: Built, disk: Path, log_dir: Path, name: str, args: str, **kw: object
+) -> BootResult:
+    """Boot the shared initoverlayfs image from one virtio disk."""
+    return _boot(kernel, overlay.path("initramfs"), args, log_dir, name, disks=(Disk(disk),), **kw)
+
+
 def _assert_reached_real_root(res: BootResult) -> None:
     assert res.ok, res.explain()
     assert "real-root" in res.markers, res.explain()
@@ -130,7 +137,7 @@ def _assert_reached_real_root(res: BootResult) -> None:
 
 def test_initoverlayfs_bootfs_by_label(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.marker=1"
-    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-label", disks=(Disk(root_disk),))
+    res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-label", args)
     _assert_reached_real_root(res)
     assert "(loop)" in res.console  # 6.1 needs a loop device for an image file
     # initbuild.marker: stage two reported itself, before the real root did
@@ -141,7 +148,7 @@ def test_initbuild_drivers_all_loads_every_driver(
     kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
 ) -> None:
     args = f"{ROOT_ARGS} initbuild.drivers=all initbuild.debug"
-    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-all", disks=(Disk(root_disk),))
+    res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-all", args)
     _assert_reached_real_root(res)
     # no SCSI device exists on this machine: only "all" loads the SCSI stack
     assert "loaded scsi_mod" in res.console and "loaded vfat" in res.console
@@ -151,7 +158,7 @@ def test_detection_loads_only_what_the_machine_needs(
     kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
 ) -> None:
     args = f"{ROOT_ARGS} initbuild.debug"
-    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-detect", disks=(Disk(root_disk),))
+    res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-detect", args)
     _assert_reached_real_root(res)
     assert "loaded virtio_blk" in res.console and "loaded erofs" in res.console
     assert "loaded scsi_mod" not in res.console and "loaded vfat" not in res.console
@@ -168,15 +175,7 @@ def test_q35_machine_boots_the_same_image(
     """The harness's q35 machine (PCIe, ICH9): the same image reaches the real root through the same
     virtio drivers, and virtio_pci no longer pays i440fx's AML interrupt-routing loop."""
     args = f"{ROOT_ARGS} initbuild.debug"
-    res = _boot(
-        kernel,
-        overlay.path("initramfs"),
-        args,
-        log_dir,
-        "overlay-q35",
-        disks=(Disk(root_disk),),
-        machine="q35",
-    )
+    res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-q35", args, machine="q35")
     _assert_reached_real_root(res)
     assert "-machine q35" in res.command()
     assert "loaded virtio_pci" in res.console and "loaded erofs" in res.console
@@ -195,7 +194,7 @@ def test_initoverlayfs_by_partuuid_and_partlabel(
     )
     bootfs = "PARTLABEL=ib-root" if table == "gpt" else f"PARTUUID={partuuid.upper()}"
     args = f"root=PARTUUID={partuuid} rootfstype=ext4 initbuild.panic=poweroff initbuild.bootfs={bootfs}"
-    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, f"overlay-{table}", disks=(Disk(disk),))
+    res = _boot_overlay(kernel, overlay, disk, log_dir, f"overlay-{table}", args)
     _assert_reached_real_root(res)
     assert partuuid == (guid if table == "gpt" else "1b2c3d4e-01")
     assert f"bootfs {bootfs} is /dev/vda1" in res.console, res.explain()
@@ -235,15 +234,7 @@ def test_cpu_without_the_accelerated_hash(
     """On a CPU without SSSE3 (qemu64) the CPU modalias matches none of sha256_ssse3's aliases: /init
     does not try it, not even with initbuild.drivers=all, and boots as before."""
     args = f"{ROOT_ARGS} initbuild.debug initbuild.drivers=all"
-    res = _boot(
-        kernel,
-        overlay.path("initramfs"),
-        args,
-        log_dir,
-        "overlay-qemu64",
-        disks=(Disk(root_disk),),
-        cpu="qemu64",
-    )
+    res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-qemu64", args, cpu="qemu64")
     _assert_reached_real_root(res)
     assert "-cpu qemu64" in res.command()
     assert "loaded sha256_ssse3" not in res.console and "cannot load sha256_ssse3" not in res.console
@@ -252,7 +243,7 @@ def test_cpu_without_the_accelerated_hash(
 
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
-    res = _boot(kernel, overlay.path("initramfs"), args, log_dir, "overlay-uuid", disks=(Disk(root_disk),))
+    res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-uuid", args)
     _assert_reached_real_root(res)
     assert f"bootfs UUID={ROOT_UUID} is /dev/vda" in res.console
 
