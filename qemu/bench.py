@@ -265,7 +265,8 @@ def memory_lines(where: str, m: dict[str, Any], *, primary: bool) -> list[str]:
         payload = m["payload_at_mid_mib"]
         verdict = f"; goal >= payload: {'met' if gain >= payload else 'NOT met'}" if primary else ""
         out.append(
-            f"- MemAvailable {where}, {m['mid_label']}: initoverlayfs {gain:+.0f} MiB over {name} "
+            f"- MemAvailable {where}, {m['mid_label']}: initoverlayfs has {abs(gain):.0f} MiB "
+            f"{'more' if gain >= 0 else 'less'} than {name} "
             f"(payload {payload:.0f} MiB uncompressed{verdict})."
         )
     return out
