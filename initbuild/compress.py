@@ -277,7 +277,7 @@ class Decoded:
     """One compressed stream found at some offset of a buffer, and where it ended."""
 
     compression: Compression
-    data: bytes
+    data: bytes | bytearray  # built in place: a large image is not held twice while joining
     end: int  # offset just after the stream's last byte
 
 
@@ -320,21 +320,21 @@ def _decoder(compression: Compression) -> _Decoder:
     return zstandard.ZstdDecompressor().decompressobj()
 
 
-def _decode_with(dec: _Decoder, view: memoryview) -> tuple[bytes, int]:
-    out = []
+def _decode_with(dec: _Decoder, view: memoryview) -> tuple[bytearray, int]:
+    out = bytearray()
     pos = 0
     while pos < len(view) and not dec.eof:
         chunk = bytes(view[pos : pos + COPY_CHUNK])
         pos += len(chunk)
-        out.append(dec.decompress(chunk))
+        out += dec.decompress(chunk)
     if not dec.eof:
         raise FormatError("compressed stream is truncated", offset=pos)
-    return b"".join(out), pos - len(dec.unused_data)
+    return out, pos - len(dec.unused_data)
 
 
-def _unlz4(view: memoryview, base: int) -> tuple[bytes, int]:
+def _unlz4(view: memoryview, base: int) -> tuple[bytearray, int]:
     """Decode an lz4 legacy stream with the end rules of lib/decompress_unlz4.c (buffer mode)."""
-    out = []
+    out = bytearray()
     pos = len(LZ4_LEGACY_MAGIC)
     while len(view) - pos >= 4:
         (chunk,) = _LE32.unpack_from(view, pos)
@@ -350,11 +350,11 @@ def _unlz4(view: memoryview, base: int) -> tuple[bytes, int]:
             raise FormatError("lz4 chunk is truncated", offset=base + pos, field="chunk size")
         block = bytes(view[pos + 4 : pos + 4 + chunk])
         try:
-            out.append(lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE))
+            out += lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE)
         except lz4.block.LZ4BlockError as e:
             raise FormatError(f"corrupt lz4 block: {e}", offset=base + pos) from e
         pos += 4 + chunk
-    return b"".join(out), pos
+    return out, pos
 
 
 def decompress_all(data: bytes) -> bytes:
@@ -364,7 +364,7 @@ def decompress_all(data: bytes) -> bytes:
     dec = decompress_stream(data)
     if any(data[dec.end :]):
         raise FormatError("trailing garbage after the compressed stream", offset=dec.end)
-    return dec.data
+    return bytes(dec.data)
 
 
 class _Lz4LegacyReader(io.RawIOBase):

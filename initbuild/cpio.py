@@ -26,6 +26,7 @@ FILE entry (on a real filesystem they are one inode, so GNU sees the same values
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import stat
@@ -456,7 +457,10 @@ class CpioReader:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                # mapped, not read: the page cache holds the file once; members are views into it
+                size = os.fstat(f.fileno()).st_size
+                raw: bytes | mmap.mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except OSError as e:
             raise InitbuildError(f"cannot read {self.path}: {e.strerror}") from e
         self.segments: list[SegmentInfo] = []
@@ -478,11 +482,11 @@ class CpioReader:
         return bytes(self._content[path])
 
     # -- parsing ------------------------------------------------------------------------------------
-    def _parse_file(self, raw: bytes) -> None:
+    def _parse_file(self, raw: bytes | mmap.mmap) -> None:
         pos = 0
         while (m := _NON_ZERO.search(raw, pos)) is not None:  # zeros between segments are skipped
             pos = m.start()
-            if raw.startswith(CPIO_MAGIC_PREFIX, pos):  # newc, or another cpio format parse() names
+            if raw[pos : pos + len(CPIO_MAGIC_PREFIX)] == CPIO_MAGIC_PREFIX:  # newc, or another cpio format
                 if pos % ALIGN:
                     raise FormatError("uncompressed cpio archive does not start 4-aligned", offset=pos)
                 end, count = self._parse_archive(memoryview(raw), pos)
@@ -491,7 +495,7 @@ class CpioReader:
                 continue
             if detect(raw[pos : pos + 8]) is None:
                 raise FormatError("neither a cpio archive nor a known compression", offset=pos, field="magic")
-            dec = decompress_stream(raw, pos)
+            dec = decompress_stream(memoryview(raw), pos)
             try:
                 count = self._parse_archives(dec.data)
             except FormatError as e:
@@ -499,7 +503,7 @@ class CpioReader:
             self.segments.append(SegmentInfo(pos, dec.end, dec.compression, count))
             pos = dec.end
 
-    def _parse_archives(self, data: bytes) -> int:
+    def _parse_archives(self, data: bytes | bytearray) -> int:
         """The decompressed content of a segment: archives separated by zeros (initramfs.c Reset)."""
         view = memoryview(data)
         count = 0
