@@ -99,13 +99,16 @@ def kernel_version(requested: str | None = None) -> str:
     return found[-1]
 
 
-def bench_profile(variant: Variant, kver: str, files: Sequence[FileSpec] = ()) -> Profile:
-    """The shipped default profile, booting from virtio-pmem, with optional extra stage-two content.
+def bench_profile(
+    variant: Variant, kver: str, files: Sequence[FileSpec] = (), profile: Path | None = None
+) -> Profile:
+    """A profile (the shipped default when None), booting from virtio-pmem, with optional extra
+    stage-two content.
 
-    The only changes to the default are what the benchmark machine needs (pmem boot drivers), the
-    variant's mode and cpio compression, and the payload files.
+    The only changes to it are what the benchmark machine needs (pmem boot drivers), the variant's
+    mode and cpio compression, and the payload files.
     """
-    base = load_profile(None)
+    base = load_profile(profile)
     return dataclasses.replace(
         base,
         kernel=kver,
@@ -136,10 +139,12 @@ class Images:
         }
 
 
-def build_variant(variant: Variant, kver: str, outdir: Path, files: Sequence[FileSpec] = ()) -> Images:
+def build_variant(
+    variant: Variant, kver: str, outdir: Path, files: Sequence[FileSpec] = (), profile: Path | None = None
+) -> Images:
     """Build one variant in-process; the stage-two image is padded for virtio-pmem afterwards."""
     t0 = time.perf_counter()
-    report: BuildReport = build(bench_profile(variant, kver, files), outdir, force=True)
+    report: BuildReport = build(bench_profile(variant, kver, files, profile), outdir, force=True)
     seconds = time.perf_counter() - t0
     initrd = outdir / report.output("initramfs").path
     stage2 = None

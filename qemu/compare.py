@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Compare initoverlayfs with a plain initramfs for the DEFAULT profile, on a fresh machine.
+"""Compare initoverlayfs with a plain initramfs for the default profile (or yours), on a fresh machine.
 
-    python3 qemu/compare.py            # 3 deterministic boots per variant, a markdown table on stdout
+    python3 qemu/compare.py                      # 3 deterministic boots per variant, a markdown table
+    python3 qemu/compare.py --profile my.yaml    # the same for your profile
 
-Builds the shipped default profile (initbuild/profiles/default.yaml) twice -- initoverlayfs and plain
-(same content; the cpio compression is the profile's, lz4) -- plus a tiny real root, boots both on the
-same QEMU machine (virtio-pmem disks, -icount) and prints time to the real root's userspace and
-MemAvailable at two moments of each boot: as stage two's /init starts (the initramfs's userspace; a plain
-initramfs holds all its content in tmpfs then) and at the real root. The benchmark machine boots from
-virtio-pmem, so its drivers are added to the profile's boot drivers (for both variants); nothing else
-changes.
+Builds the profile (default: initbuild/profiles/default.yaml) twice -- initoverlayfs and plain
+(same content; the cpio compression is the profile's, lz4 for the default) -- plus a tiny real root,
+boots both on the same QEMU machine (virtio-pmem disks, -icount) and prints time to the real root's
+userspace and MemAvailable at two moments of each boot: as stage two's /init starts (the initramfs's
+userspace; a plain initramfs holds all its content in tmpfs then) and at the real root. The benchmark
+machine boots from virtio-pmem, so its drivers are added to the profile's boot drivers (for both
+variants); nothing else changes.
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from pathlib import Path
 import benchlib as bl
 import report
 
+from initbuild.config import load_profile
+from initbuild.errors import InitbuildError
+from initbuild.profile import Mode
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", type=Path, help="the profile to build (default: the shipped default)")
     ap.add_argument("--boots", type=int, default=3, help="boots per variant (default 3)")
     ap.add_argument("--kver", help="kernel version (default: the newest installed)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/initbuild-compare"), help="builds and logs")
@@ -45,14 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     kver = bl.kernel_version(args.kver)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    variants = [bl.OVERLAY, bl.PLAIN_LZ4] + ([bl.PLAIN_ZSTD] if args.zstd else [])
+    try:
+        comp = load_profile(args.profile).compression
+    except InitbuildError as e:
+        print(f"compare.py: {e}", file=sys.stderr)
+        return e.exit_code
+    variants = [
+        bl.Variant("initoverlayfs", Mode.INITOVERLAYFS, comp),
+        bl.Variant(f"plain-{comp}", Mode.PLAIN, comp),
+    ]
+    if args.zstd and comp != "zstd":
+        variants.append(bl.PLAIN_ZSTD)
     images = {}
+    what = args.profile or "the default profile"
     for v in variants:
-        bl.say(f"building the default profile as {v.name} ...")
-        images[v.name] = bl.build_variant(v, kver, work / v.name)
+        bl.say(f"building {what} as {v.name} ...")
+        images[v.name] = bl.build_variant(v, kver, work / v.name, profile=args.profile)
     bl.say("building the real root ...")
     root = bl.make_real_root(work)
-    stage2 = images[bl.OVERLAY.name].stage2
+    stage2 = images["initoverlayfs"].stage2
     assert stage2 is not None
     machine = bl.Machine(
         kernel=Path(f"/boot/vmlinuz-{kver}"),

@@ -74,3 +74,32 @@ def test_table_and_plot_written(quick: tuple[str, Path]) -> None:
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg.count("<polyline") == 2 * len(VARIANTS)  # both charts, every variant
     assert "| plain-zstd |" in (results / "latest.md").read_text()
+
+
+def test_compare_a_users_profile_on_q35(tmp_path: Path) -> None:
+    """qemu/compare.py --profile: the user's profile (zstd stage one, the udev module) built both ways
+    and booted on the q35 machine; both reach the real root, and stage two ran udev."""
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("compression: zstd\nmodules: [udev]\n")
+    out = tmp_path / "compare.json"
+    argv = [
+        sys.executable, str(BENCH.parent / "compare.py"), "--profile", profile, "--boots", "1",
+        "--machine", "q35", "--workdir", tmp_path / "work", "--json", out,
+    ]  # fmt: skip
+    cp = run(argv, check=False)
+    assert cp.returncode == 0, cp.stderr.decode()[-4000:] + cp.stdout.decode()[-2000:]
+    data = json.loads(out.read_text())
+    assert data["machine"] == "q35"
+    got = {r["variant"]: r for r in data["results"]}
+    assert sorted(got) == ["initoverlayfs", "plain-zstd"]
+    assert all(r["ok"] == 1 for r in got.values()), got
+    for name, r in got.items():
+        assert any(m.startswith("udev settled") for _, m in r["steps"]), (name, r["steps"])
+
+
+def test_compare_rejects_a_bad_profile(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("compresion: zstd\n")
+    cp = run([sys.executable, str(BENCH.parent / "compare.py"), "--profile", bad], check=False)
+    err = cp.stderr.decode()
+    assert cp.returncode == 2 and "bad.yaml:1" in err and "compression" in err and "Traceback" not in err, err
