@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from . import __version__, log
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, InitbuildError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, InitbuildError, Location
 
 DESCRIPTION = """\
 initbuild generates initoverlayfs boot images from a YAML profile.
@@ -329,11 +331,23 @@ def cmd_modules(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _reading(image: str) -> Iterator[None]:
+    """Errors met while reading an image name it (a corrupt one says only what and where inside)."""
+    try:
+        yield
+    except InitbuildError as e:
+        if e.location is None:
+            e.location = Location(Path(image))
+        raise
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from .image import open_image
 
-    reader = open_image(args.image)
-    members = list(reader.members())
+    with _reading(args.image):
+        reader = open_image(args.image)
+        members = list(reader.members())
     if args.json:
         print(
             json.dumps(
@@ -350,14 +364,16 @@ def cmd_cat(args: argparse.Namespace) -> int:
     from .image import find, open_image
     from .manifest import Kind
 
-    reader = open_image(args.image)
-    m = find(reader, args.path)
-    if m.kind not in (Kind.FILE, Kind.HARDLINK):
-        raise InitbuildError(f"{args.path} is a {m.kind}, not a file")
-    if m.kind is Kind.HARDLINK:
-        assert m.target is not None
-        m = find(reader, m.target)
-    sys.stdout.buffer.write(reader.read(m))
+    with _reading(args.image):
+        reader = open_image(args.image)
+        m = find(reader, args.path)
+        if m.kind not in (Kind.FILE, Kind.HARDLINK):
+            raise InitbuildError(f"{args.path} is a {m.kind}, not a file")
+        if m.kind is Kind.HARDLINK:
+            assert m.target is not None
+            m = find(reader, m.target)
+        data = reader.read(m)
+    sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return EXIT_OK
 
@@ -365,7 +381,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def cmd_unpack(args: argparse.Namespace) -> int:
     from .image import open_image, unpack
 
-    n = unpack(open_image(args.image), args.directory)
+    with _reading(args.image):
+        n = unpack(open_image(args.image), args.directory)
     log.info(f"unpacked {n} entries into {args.directory}")
     return EXIT_OK
 

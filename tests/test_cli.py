@@ -84,7 +84,17 @@ def test_ls_cat_unpack_round_trip(built: Path, tmp_path: Path, kind: str) -> Non
 def test_cat_of_a_missing_path_is_an_error(built: Path) -> None:
     image = next(built.glob("initoverlayfs-*.img"))
     rc, _, err = ib("cat", str(image), "/no/such/file", check=False)
-    assert rc == 1 and "no such path" in err and "Traceback" not in err
+    assert rc == 1 and f"{image}: /no/such/file: no such path" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", ["ls", "cat", "unpack"])
+def test_a_file_that_is_no_image_is_named(tmp_path: Path, verb: str) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not an image\n")
+    extra = {"ls": [], "cat": ["/init"], "unpack": [str(tmp_path / "dest")]}[verb]
+    rc, _, err = ib(verb, str(bogus), *extra, check=False)
+    assert rc == 1 and f"{bogus}: neither a cpio archive nor a known compression" in err, err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(not have_tool("shellcheck"), reason="shellcheck not installed")
