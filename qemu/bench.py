@@ -71,7 +71,7 @@ def measure_size(
                f"{im.build_seconds:.1f} s")  # fmt: skip
     stage2 = images[bl.OVERLAY.name].stage2
     assert stage2 is not None
-    machine = make_machine(kver, root, stage2, args)
+    machine = bl.machine_from_args(kver, root, stage2, args)
     results = []
     for v in bl.VARIANTS:
         name = f"{p.label}-{v.name}"
@@ -79,17 +79,6 @@ def measure_size(
         samples = bl.boot_n(machine, initrd, args.boots, args.workdir / "logs", name, progress=bl.say)
         results.append(report.Result(p.label, p.size, images[v.name], samples))
     return results, machine
-
-
-def make_machine(kver: str, root: Path, stage2: Path, args: argparse.Namespace) -> bl.Machine:
-    return bl.Machine(
-        kernel=Path(f"/boot/vmlinuz-{kver}"),
-        disks=bl.pmem_disks(root, stage2),
-        memory_mb=args.memory,
-        deterministic=not args.no_icount,
-        timeout=args.timeout,
-        machine_type=args.machine,
-    )
 
 
 def measure_floor(machine: bl.Machine, args: argparse.Namespace) -> dict[str, Any]:
@@ -341,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     probes: list[minram.Probe] = []
     if not args.no_minram:
         bl.say(f"== minimum RAM for {payloads[-1].label}")
-        probe_machine = make_machine(kver, root, machine.disks[1].path, args)
+        probe_machine = bl.machine_from_args(kver, root, machine.disks[1].path, args)
         for r in results[-3:]:
             name = r.images.variant.name
             probes.append(minram.min_ram(probe_machine, r.images.initrd, name, args.workdir / "logs"))

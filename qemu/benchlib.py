@@ -228,6 +228,18 @@ class Machine:
         return f"{self.accel()}, machine {self.machine_type}"
 
 
+def machine_from_args(kver: str, root: Path, stage2: Path, args: argparse.Namespace) -> Machine:
+    """The machine of compare.py and bench.py (--memory, --no-icount, --timeout, --machine)."""
+    return Machine(
+        kernel=Path(f"/boot/vmlinuz-{kver}"),
+        disks=pmem_disks(root, stage2),
+        memory_mb=args.memory,
+        deterministic=not args.no_icount,
+        timeout=args.timeout,
+        machine_type=args.machine,
+    )
+
+
 def add_machine_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--machine",

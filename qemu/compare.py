@@ -71,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     root = bl.make_real_root(work)
     stage2 = images["initoverlayfs"].stage2
     assert stage2 is not None
-    machine = bl.Machine(
-        kernel=Path(f"/boot/vmlinuz-{kver}"),
-        disks=bl.pmem_disks(root, stage2),
-        memory_mb=args.memory,
-        deterministic=not args.no_icount,
-        timeout=args.timeout,
-        machine_type=args.machine,
-    )
+    machine = bl.machine_from_args(kver, root, stage2, args)
     bl.say(f"booting each variant {args.boots} times ({machine.describe()}, -m {args.memory}) ...")
     results = []
     for v in variants:
