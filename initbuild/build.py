@@ -17,6 +17,7 @@ from . import __version__, log
 from .collect import StageResult, collect_stage, module_check, os_release, resolve_kernel
 from .compress import Compression
 from .errors import ConfigError, InitbuildError
+from .kmod import KernelModules
 from .manifest import Entry, Kind, Manifest
 from .modules import MODULES_DIR, Plan, discover, select
 from .profile import Mode, Profile
@@ -106,12 +107,13 @@ class Collected:
 
 def collect(plan: Plan, sysroot: Sysroot) -> Collected:
     renderer = Renderer()
+    kmods = KernelModules(sysroot, plan.kver)  # parsed once for both stages
     stage1 = None
     if plan.profile.mode is Mode.INITOVERLAYFS:
         with log.step("collecting stage one"):
-            stage1 = collect_stage(1, plan, sysroot, renderer, template_context(plan))
+            stage1 = collect_stage(1, plan, sysroot, renderer, template_context(plan), kmods)
     with log.step("collecting stage two" if stage1 else "collecting the initramfs"):
-        stage2 = collect_stage(2, plan, sysroot, renderer, template_context(plan))
+        stage2 = collect_stage(2, plan, sysroot, renderer, template_context(plan), kmods)
     early = microcode_manifest(sysroot) if plan.profile.early_microcode else None
     return Collected(plan, sysroot, stage1, stage2, early)
 

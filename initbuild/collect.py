@@ -6,6 +6,7 @@ add_dir, add_symlink, add_device, add_data, add_driver, render. It only writes i
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import stat
 from collections.abc import Iterable
@@ -73,6 +74,11 @@ class CheckContext:
 
     def find_binary(self, name: str) -> str | None:
         return find_binary(self.sysroot, name)
+
+    @functools.cached_property
+    def kmods(self) -> KernelModules:
+        """The kernel's modules, parsed on first use (most checks never need them)."""
+        return KernelModules(self.sysroot, self.kver)
 
 
 @dataclass(frozen=True)
@@ -388,11 +394,17 @@ class Collector:
 
 
 def collect_stage(
-    stage: int, plan: Plan, sysroot: Sysroot, renderer: Renderer, context: dict[str, Any]
+    stage: int,
+    plan: Plan,
+    sysroot: Sysroot,
+    renderer: Renderer,
+    context: dict[str, Any],
+    kmods: KernelModules | None = None,
 ) -> StageResult:
-    """Install every module of `plan` that belongs to `stage` (1 or 2), then the profile's extras."""
+    """Install every module of `plan` that belongs to `stage` (1 or 2), then the profile's extras.
+    `kmods`: the kernel's modules, when the caller parsed them already (shared by both stages)."""
     profile = plan.profile
-    kmods = KernelModules(sysroot, plan.kver)
+    kmods = kmods or KernelModules(sysroot, plan.kver)
     c = Collector(stage, plan, sysroot, kmods, ElfResolver(sysroot), renderer, context)
     for pm in plan.modules:
         if profile.mode is Mode.PLAIN and stage == 2 or pm.spec.stage.has(stage):

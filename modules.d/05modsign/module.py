@@ -8,18 +8,16 @@ Linux 6.1), erofs.ko loads in 38 ms signed and 8 ms unsigned. Loading the CPU-sp
 the CPU modalias names a feature it needs, and a failure there is only a warning.
 """
 
-from initbuild.kmod import KernelModules
 from initbuild.modules import Check
 
 
-def _providers(sysroot, kver):
-    kmods = KernelModules(sysroot, kver)
+def _providers(kmods):
     algo = kmods.signature_hash()
     return algo, (kmods.crypto_providers(algo) if algo else [])
 
 
 def check(ctx):
-    algo, providers = _providers(ctx.sysroot, ctx.kver)
+    algo, providers = _providers(ctx.kmods)
     if algo is None:
         return Check.UNAVAILABLE, "the kernel's modules are not signed (or their digest is unknown)"
     if not providers:
@@ -28,6 +26,6 @@ def check(ctx):
 
 
 def install(ctx):
-    _, providers = _providers(ctx.sysroot, ctx.kver)
+    _, providers = _providers(ctx.kmods)
     for name in providers:
         ctx.add_driver(name, optional=True, first=True)
