@@ -132,9 +132,8 @@ ib_mount_api() {
 # The including /init defines (from the build): IB_ORDER "name=path ..." in load order,
 # IB_DEP_<name> the modules to load for <name>, IB_HW "module|modalias-pattern ...",
 # IB_FS "fstype|module ...", IB_NLS and IB_NLSFS (codepages and the filesystems needing them),
-# IB_EAGER (requested modules that name no device), IB_FIRST (see ib_load_first). Like udev, a
-# hardware driver is loaded only when a present device that no driver has claimed matches one of its
-# aliases.
+# IB_EAGER (requested modules that name no device), IB_FIRST (see ib_load_first). Like udev, a hardware driver is loaded only
+# when a present device that no driver has claimed matches one of its aliases.
 
 ib_want() {
     for _ib_m in "$@"; do
@@ -156,16 +155,10 @@ ib_insmod() {
         return 0
     fi
     [ -d "/sys/module/$1" ] && return 0
-    if [ "${3-}" = soft ]; then
-        warn "cannot load $1 ($2), continuing without it: $(cat /run/.initbuild-insmod)"
-        eval "IB_W_$1="  # not wanted any more: a later (fatal) round must not retry it
-        return 1
-    fi
     die "cannot load driver $1 ($2): $(cat /run/.initbuild-insmod)"
 }
 
-# ib_load_wanted [soft]: insmod every wanted module not loaded yet, in build-time order; "soft": a
-# failure is a warning (speed-ups), not fatal.
+# ib_load_wanted: insmod every wanted module not loaded yet, in build-time order.
 ib_load_wanted() {
     for _ib_e in $IB_ORDER; do
         _ib_n=${_ib_e%%=*}
@@ -173,7 +166,7 @@ ib_load_wanted() {
         eval "_ib_w=\${IB_W_$_ib_n-}"
         [ "$_ib_w" = 1 ] || continue
         [ -d "/sys/module/$_ib_n" ] && continue
-        ib_insmod "$_ib_n" "${_ib_e#*=}" "${1-}"
+        ib_insmod "$_ib_n" "${_ib_e#*=}"
     done
 }
 
@@ -218,10 +211,23 @@ ib_load_first() {
         # read only when needed: the shell reads it a byte per system call (after stage one: never)
         [ -n "$_ib_cpu" ] || { read -r _ib_cpu < /sys/devices/system/cpu/modalias; } 2>/dev/null
         # shellcheck disable=SC2254 # the alias is a pattern on purpose
-        case "$_ib_cpu" in ${_ib_p#*|}) ib_want "$_ib_m" ;; esac
+        case "$_ib_cpu" in ${_ib_p#*|}) ;; *) continue ;; esac
+        _ib_deps=
+        eval "_ib_deps=\${IB_DEP_$_ib_m-$_ib_m}"
+        for _ib_x in $_ib_deps; do
+            [ -d "/sys/module/$_ib_x" ] && continue
+            _ib_path=
+            for _ib_e in $IB_ORDER; do
+                [ "${_ib_e%%=*}" = "$_ib_x" ] && _ib_path=${_ib_e#*=} && break
+            done
+            if insmod "$_ib_path" 2>/run/.initbuild-insmod; then
+                ib_log 7 "loaded $_ib_x (first: it speeds up loading the others)"
+            else
+                warn "cannot load $_ib_x ($_ib_path), continuing without it: $(cat /run/.initbuild-insmod)"
+            fi
+        done
     done
     set +f
-    ib_load_wanted soft
 }
 
 # ib_drivers_eager: only the drivers named without a device (stage two after stage one, which
