@@ -30,9 +30,12 @@ import contextlib
 import gzip
 import io
 import lzma
+import os
 import struct
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO, Protocol, cast
@@ -147,13 +150,21 @@ class _Encoder(Protocol):
 
 
 class _Lz4LegacyEncoder:
-    """compress()/flush() producing the lz4 legacy format, buffering at most one 8 MiB block."""
+    """compress()/flush() producing the lz4 legacy format.
 
-    def __init__(self, level: int):
+    Blocks are independent, so full ones are compressed on a thread pool (python-lz4 releases the
+    GIL) and emitted in order; at most `workers` + 1 blocks of 8 MiB are held. The bytes do not depend
+    on the number of workers.
+    """
+
+    def __init__(self, level: int, workers: int = 0):
         self._mode = "high_compression" if level >= LZ4_HC_MIN_LEVEL else "default"
         self._level = level
         self._buf = bytearray()
         self._started = False
+        self._workers = workers or os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[bytes]] = deque()
 
     def _header(self) -> bytes:
         if self._started:
@@ -172,16 +183,29 @@ class _Lz4LegacyEncoder:
         out = [self._header()]
         self._buf += data
         while len(self._buf) >= LZ4_LEGACY_BLOCK_SIZE:
-            out.append(self._block(self._buf[:LZ4_LEGACY_BLOCK_SIZE]))
+            block = bytes(self._buf[:LZ4_LEGACY_BLOCK_SIZE])
             del self._buf[:LZ4_LEGACY_BLOCK_SIZE]
+            if self._workers == 1:
+                out.append(self._block(block))
+                continue
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="initbuild-lz4")
+            self._pending.append(self._pool.submit(self._block, block))
+            while len(self._pending) > self._workers or (self._pending and self._pending[0].done()):
+                out.append(self._pending.popleft().result())
         return b"".join(out)
 
     def flush(self) -> bytes:
-        out = self._header()
+        out = [self._header()]
+        while self._pending:
+            out.append(self._pending.popleft().result())
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._buf:
-            out += self._block(self._buf)
+            out.append(self._block(self._buf))
             self._buf.clear()
-        return out
+        return b"".join(out)
 
 
 class _NullEncoder:
@@ -200,7 +224,11 @@ def _encoder(compression: Compression, level: int) -> _Encoder:
         filters = [{"id": lzma.FILTER_LZMA2, "preset": level}]
         return lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
     if compression is Compression.ZSTD:
-        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=False)
+        # threads=-1: one worker per CPU. Any threads >= 1 gives the same bytes (only 0, zstd's
+        # single-threaded mode, differs), so images stay reproducible across machines.
+        cctx = zstandard.ZstdCompressor(
+            level=level, write_checksum=True, write_content_size=False, threads=-1
+        )
         return cctx.compressobj()
     if compression is Compression.LZ4:
         return _Lz4LegacyEncoder(level)

@@ -7,6 +7,7 @@ import os
 import random
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracles import CLI_DECOMPRESS, COMPRESSED
@@ -252,3 +253,27 @@ def test_round_trip_property(data: bytes, compression: Compression, split: int) 
     else:
         assert c.decompress_stream(out).data == data
         assert c.open_decompressor(out).read() == data
+
+
+def test_parallel_compression_does_not_change_the_bytes() -> None:
+    """lz4 blocks are compressed on a thread pool and zstd runs multi-threaded: the output must be
+    the same for any number of workers (reproducible images on any machine), and decode."""
+    from initbuild.compress import LZ4_LEGACY_BLOCK_SIZE, _Lz4LegacyEncoder
+
+    rnd = random.Random(7)
+    words = [bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(2, 9))) for _ in range(500)]
+    data = b" ".join(rnd.choice(words) for _ in range(3 * LZ4_LEGACY_BLOCK_SIZE // 5))
+    assert len(data) > 2 * LZ4_LEGACY_BLOCK_SIZE  # three blocks, the last partial
+    outs = set()
+    for workers in (1, 2, 3):
+        enc = _Lz4LegacyEncoder(9, workers=workers)
+        step = 1 << 20
+        outs.add(b"".join(enc.compress(data[i : i + step]) for i in range(0, len(data), step)) + enc.flush())
+    assert len(outs) == 1
+    assert c.decompress_all(outs.pop()) == data
+    # ours (threads=-1: one per CPU) equals zstd with one worker and with four
+    ours = c.compress(data, Compression.ZSTD, 3)
+    for threads in (1, 4):
+        zc = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=False, threads=threads)
+        obj = zc.compressobj()
+        assert obj.compress(data) + obj.flush() == ours, threads
