@@ -34,7 +34,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -314,20 +314,30 @@ def decompress_stream(buf: bytes | memoryview, offset: int = 0) -> Decoded:
 
     Raises FormatError (with the offset of the stream) on an unknown magic or corrupt data.
     """
+    out = bytearray()
+    compression, end = decompress_stream_into(buf, offset, out.extend)
+    return Decoded(compression, out, end)
+
+
+def decompress_stream_into(
+    buf: bytes | memoryview, offset: int, sink: Callable[[bytes], object]
+) -> tuple[Compression, int]:
+    """decompress_stream, handing the output to `sink` piece by piece (a file's write: the whole of
+    a large image is never in memory). Returns the compression and the offset just after the stream."""
     view = memoryview(buf)[offset:]
     compression = detect(bytes(view[:8]))
     if compression is None:
         raise FormatError("no known compression magic", offset=offset, field="magic")
     try:
         if compression is Compression.LZ4:
-            data, used = _unlz4(view, offset)
+            used = _unlz4(view, offset, sink)
         else:
-            data, used = _decode_with(_decoder(compression), view)
+            used = _decode_with(_decoder(compression), view, sink)
     except FormatError:
         raise
     except (zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError, EOFError, MemoryError) as e:
         raise FormatError(f"corrupt {compression} data: {e}", offset=offset) from e
-    return Decoded(compression, data, offset + used)
+    return compression, offset + used
 
 
 class _Decoder(Protocol):
@@ -348,21 +358,19 @@ def _decoder(compression: Compression) -> _Decoder:
     return zstandard.ZstdDecompressor().decompressobj()
 
 
-def _decode_with(dec: _Decoder, view: memoryview) -> tuple[bytearray, int]:
-    out = bytearray()
+def _decode_with(dec: _Decoder, view: memoryview, sink: Callable[[bytes], object]) -> int:
     pos = 0
     while pos < len(view) and not dec.eof:
         chunk = bytes(view[pos : pos + COPY_CHUNK])
         pos += len(chunk)
-        out += dec.decompress(chunk)
+        sink(dec.decompress(chunk))
     if not dec.eof:
         raise FormatError("compressed stream is truncated", offset=pos)
-    return out, pos - len(dec.unused_data)
+    return pos - len(dec.unused_data)
 
 
-def _unlz4(view: memoryview, base: int) -> tuple[bytearray, int]:
+def _unlz4(view: memoryview, base: int, sink: Callable[[bytes], object]) -> int:
     """Decode an lz4 legacy stream with the end rules of lib/decompress_unlz4.c (buffer mode)."""
-    out = bytearray()
     pos = len(LZ4_LEGACY_MAGIC)
     while len(view) - pos >= 4:
         (chunk,) = _LE32.unpack_from(view, pos)
@@ -378,11 +386,11 @@ def _unlz4(view: memoryview, base: int) -> tuple[bytearray, int]:
             raise FormatError("lz4 chunk is truncated", offset=base + pos, field="chunk size")
         block = bytes(view[pos + 4 : pos + 4 + chunk])
         try:
-            out += lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE)
+            sink(lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE))
         except lz4.block.LZ4BlockError as e:
             raise FormatError(f"corrupt lz4 block: {e}", offset=base + pos) from e
         pos += 4 + chunk
-    return out, pos
+    return pos
 
 
 def decompress_all(data: bytes) -> bytes:

@@ -30,15 +30,16 @@ import mmap
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import IO, BinaryIO, NamedTuple
 
 from .compress import (
     LZ4_END_OF_STREAM,
     Compression,
-    decompress_stream,
+    decompress_stream_into,
     detect,
     open_compressor,
 )
@@ -464,6 +465,7 @@ class CpioReader:
         except OSError as e:
             raise InitbuildError(f"cannot read {self.path}: {e.strerror}") from e
         self.segments: list[SegmentInfo] = []
+        self._keep: list[IO[bytes]] = []  # the decompressed segments' temporary files
         self._members: dict[str, Member] = {}
         self._content: dict[str, memoryview] = {}
         self._parse_file(raw)
@@ -495,15 +497,29 @@ class CpioReader:
                 continue
             if detect(raw[pos : pos + 8]) is None:
                 raise FormatError("neither a cpio archive nor a known compression", offset=pos, field="magic")
-            dec = decompress_stream(memoryview(raw), pos)
+            data, compression, end = self._decompress_segment(raw, pos)
             try:
-                count = self._parse_archives(dec.data)
+                count = self._parse_archives(data)
             except FormatError as e:
-                raise _in_segment(e, dec.compression, pos) from None
-            self.segments.append(SegmentInfo(pos, dec.end, dec.compression, count))
-            pos = dec.end
+                raise _in_segment(e, compression, pos) from None
+            self.segments.append(SegmentInfo(pos, end, compression, count))
+            pos = end
 
-    def _parse_archives(self, data: bytes | bytearray) -> int:
+    def _decompress_segment(
+        self, raw: bytes | mmap.mmap, pos: int
+    ) -> tuple[bytes | mmap.mmap, Compression, int]:
+        """Decompress the segment at `pos` into an anonymous temporary file and map it: members are
+        views into the mapping, and listing a large image touches little more than its headers."""
+        tmp = tempfile.TemporaryFile(prefix="initbuild-cpio-")
+        self._keep.append(tmp)
+        compression, end = decompress_stream_into(memoryview(raw), pos, tmp.write)
+        size = tmp.tell()
+        if not size:
+            return b"", compression, end
+        tmp.flush()
+        return mmap.mmap(tmp.fileno(), size, access=mmap.ACCESS_READ), compression, end
+
+    def _parse_archives(self, data: bytes | mmap.mmap) -> int:
         """The decompressed content of a segment: archives separated by zeros (initramfs.c Reset)."""
         view = memoryview(data)
         count = 0
