@@ -444,6 +444,7 @@ def test_cli_plan_json_reasons(sysroot: Path, tmp_path: Path) -> None:
         {"name": "fancy", "why": "binary 'no-such-tool-xyz' not found in the sysroot"},
         # the fake tree's modules carry no signature: nothing to accelerate
         {"name": "modsign", "why": "the kernel's modules are not signed (or their digest is unknown)"},
+        {"name": "systemd", "why": "binary 'systemctl' not found in the sysroot"},
         {"name": "udev", "why": "binary 'udevadm' not found in the sysroot"},
     ]
 
@@ -460,5 +461,6 @@ def test_cli_plan_override_and_omit(sysroot: Path, tmp_path: Path) -> None:
         "  15storage          stage both  included by default",
         "  (not used) initoverlayfs: not used in plain mode",
         "  (not used) modsign: the kernel's modules are not signed (or their digest is unknown)",
+        "  (not used) systemd: binary 'systemctl' not found in the sysroot",
         "  (not used) udev: binary 'udevadm' not found in the sysroot",
     ]

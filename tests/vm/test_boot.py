@@ -241,6 +241,28 @@ def test_cpu_without_the_accelerated_hash(
     assert "loaded erofs" in res.console and "loaded scsi_mod" in res.console
 
 
+@pytest.mark.parametrize("mode", ["initoverlayfs", "plain"])
+def test_systemd_in_stage_two(mode: str, tmp_path: Path, kernel: Path, log_dir: Path) -> None:
+    """modules.d/45systemd: stage two hands over to systemd, which mounts root= through its fstab
+    generator (by label, through udev) and switch-roots to the real root's init: over the overlay
+    (initoverlayfs), or out of the initramfs it then empties (plain)."""
+    profile = OVERLAY.format(compression="lz4").replace("modules: [test]", "modules: [systemd]")
+    built = _build(tmp_path / "out", profile.replace("mode: initoverlayfs", f"mode: {mode}"))
+    tree = make_root_tree(tmp_path / "rootfs")
+    # systemd switches only into an OS tree: one with an os-release file
+    (tree / "etc" / "os-release").write_text('ID=initbuild-test\nNAME="initbuild test root"\n')
+    if mode == "initoverlayfs":
+        shutil.copy(built.path("stage2"), tree / "boot" / built.path("stage2").name)
+    disk = make_ext4(tree, tmp_path / "root.img", label="root")
+    args = "root=LABEL=root rootfstype=ext4 initbuild.panic=poweroff"
+    res = _boot(kernel, built.path("initramfs"), args, log_dir, f"{mode}-systemd", disks=(Disk(disk),))
+    assert res.ok and "real-root" in res.markers, res.explain()
+    assert "handing stage two over to /usr/lib/systemd/systemd" in res.console, res.explain()
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", res.console)  # systemd colours its status lines
+    assert "Reached target initrd-switch-root.target" in plain, res.explain()
+    assert "emergency" not in plain.lower(), res.explain()
+
+
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
     res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-uuid", args)
