@@ -42,6 +42,8 @@ def make_root_tree(
     init = dest / "sbin" / "init"
     init.write_text(ROOT_INIT.format(name=marker, extra=extra))
     init.chmod(0o755)
+    # an OS tree has one; systemd (modules.d/45systemd) switches root into nothing else
+    (dest / "etc" / "os-release").write_text('ID=initbuild-test\nNAME="initbuild test root"\n')
     return dest
 
 
