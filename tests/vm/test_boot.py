@@ -356,6 +356,18 @@ def test_failure_bootfs_never_appears(kernel: Path, overlay: Built, root_disk: P
     assert "can't open" not in res.console, res.explain()
 
 
+def test_failure_stage_two_init_missing(tmp_path: Path, kernel: Path, root_disk: Path, log_dir: Path) -> None:
+    """A module names a stage-two init the image lacks: /init says so instead of letting a failed exec
+    end PID 1 (a kernel panic)."""
+    built = _build(
+        tmp_path / "out",
+        PLAIN.format(compression="lz4").replace("modules: [test]", "modules: [badinit]"),
+        modules_dirs=[MODULES_DIR, HERE / "modules_badinit"],
+    )
+    res = _fail_boot(kernel, built.path("initramfs"), "", (Disk(root_disk),), log_dir, "fail-stage2init")
+    _assert_diagnosed(res, r"stage two's init /usr/lib/nothing/init is missing or not executable")
+
+
 def test_failure_driver_missing_from_stage_one(
     tmp_path: Path, kernel: Path, root_disk: Path, log_dir: Path
 ) -> None:
