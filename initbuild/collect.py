@@ -1,7 +1,8 @@
 """Plan -> Manifest: run every planned module's items (and hooks) for one stage.
 
 The Collector is also the narrow API a module's `module.py` gets (`ctx`): add_binary, add_file,
-add_dir, add_symlink, add_device, add_data, add_driver, render. It only writes into the Manifest.
+add_dir, add_symlink, add_device, add_data, add_driver, want_binary_module_indexes, render, and
+kmods (the kernel's modules, read only). It only writes into the Manifest.
 """
 
 from __future__ import annotations

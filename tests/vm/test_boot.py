@@ -261,6 +261,21 @@ def test_systemd_in_stage_two(mode: str, tmp_path: Path, kernel: Path, log_dir: 
     assert "emergency" not in plain.lower(), res.explain()
 
 
+def test_systemd_module_with_the_shell_init_kept(
+    tmp_path: Path, kernel: Path, root_disk: Path, log_dir: Path
+) -> None:
+    """initbuild.stage2init=shell: the systemd image boots through stage two's own script instead."""
+    profile = PLAIN.format(compression="lz4").replace("modules: [test]", "modules: [systemd]")
+    built = _build(tmp_path / "out", profile)
+    args = f"{ROOT_ARGS} initbuild.stage2init=shell"
+    res = _boot(
+        kernel, built.path("initramfs"), args, log_dir, "plain-systemd-shell", disks=(Disk(root_disk),)
+    )
+    assert res.ok and "real-root" in res.markers, res.explain()
+    assert "handing stage two over" not in res.console, res.explain()
+    assert any(s.startswith("switching to the real root") for _, s in res.steps()), res.explain()
+
+
 def test_initoverlayfs_bootfs_by_uuid(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
     args = f"{ROOT_ARGS} initbuild.bootfs=UUID={ROOT_UUID}"
     res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-uuid", args)
