@@ -1,7 +1,7 @@
 """EROFS on-disk structures and constants, named after the kernel's fs/erofs/erofs_fs.h.
 
-Only what a Linux 6.1 reader accepts is described here (see /work/shared/erofs-format.md, cited as
-"notes §N"). All integers are little-endian. Nothing in this module does I/O.
+Only what a Linux 6.1 reader accepts is described here (see ../shared/erofs-format.md, next to the
+project, cited as "notes §N"). All integers are little-endian. Nothing in this module does I/O.
 """
 
 from __future__ import annotations
