@@ -327,36 +327,24 @@ def _fail_boot(
     return boot(vm, log_path=log_dir / f"{name}.log")
 
 
-def test_failure_stage_two_image_missing(
-    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+@pytest.mark.parametrize(
+    ("image", "diagnosis"),
+    [
+        ("missing", r"stage two image /boot/missing\.img not found on LABEL=root \(ext4\)"),
+        (
+            "corrupt",
+            r"cannot mount stage two image /boot/corrupt\.img on LABEL=root \(erofs\): "
+            r".*cannot find valid erofs superblock",
+        ),
+    ],
+)
+def test_failure_stage_two_image(
+    image: str, diagnosis: str, kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
 ) -> None:
-    res = _fail_boot(
-        kernel,
-        overlay.path("initramfs"),
-        "initbuild.fs=/boot/missing.img",
-        (Disk(root_disk),),
-        log_dir,
-        "fail-missing",
-    )
-    _assert_diagnosed(res, r"stage two image /boot/missing\.img not found on LABEL=root \(ext4\)")
-
-
-def test_failure_stage_two_image_corrupt(
-    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
-) -> None:
-    res = _fail_boot(
-        kernel,
-        overlay.path("initramfs"),
-        "initbuild.fs=/boot/corrupt.img",
-        (Disk(root_disk),),
-        log_dir,
-        "fail-corrupt",
-    )
-    _assert_diagnosed(
-        res,
-        r"cannot mount stage two image /boot/corrupt\.img on LABEL=root \(erofs\): "
-        r".*cannot find valid erofs superblock",
-    )
+    """A stage-two image that is not on the bootfs, or whose superblock is wiped (root_disk)."""
+    extra = f"initbuild.fs=/boot/{image}.img"
+    res = _fail_boot(kernel, overlay.path("initramfs"), extra, (Disk(root_disk),), log_dir, f"fail-{image}")
+    _assert_diagnosed(res, diagnosis)
 
 
 def test_failure_bootfs_never_appears(kernel: Path, overlay: Built, root_disk: Path, log_dir: Path) -> None:
