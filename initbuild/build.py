@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import __version__, log
-from .collect import StageResult, collect_stage, module_check, os_release, resolve_kernel
-from .compress import Compression
 from .errors import ConfigError, InitbuildError
-from .kmod import KernelModules
+from .formats.compress import Compression
 from .manifest import Entry, Kind, Manifest
-from .modules import MODULES_DIR, Plan, discover, select
+from .modules.context import StageResult, collect_stage, module_check, os_release, resolve_kernel
+from .modules.spec import Plan, discover, select
 from .profile import Mode, Profile
+from .resolve.kmod import KernelModules
+from .resources import module_dirs
 from .sysroot import Sysroot
 from .templates import Renderer
 
@@ -64,7 +65,7 @@ def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tu
             f"sysroot {sysroot.root} does not exist or is not a directory", location=profile.where("sysroot")
         )
     kver = resolve_kernel(sysroot, profile)
-    specs = discover(modules_dirs or [MODULES_DIR])
+    specs = discover(modules_dirs or module_dirs())
     plan = select(profile, specs, kver, lambda spec: module_check(spec, sysroot, profile, kver))
     return plan, sysroot
 
@@ -261,7 +262,7 @@ def _write_cpio(
     report: BuildReport,
     what: str,
 ) -> None:
-    from .cpio import CpioOptions, write_initramfs
+    from .formats.cpio import CpioOptions, write_initramfs
 
     comp = Compression(profile.compression)
     segments = []
@@ -276,7 +277,7 @@ def _write_cpio(
 
 
 def _write_stage2(col: Collected, path: Path, profile: Profile, epoch: int, report: BuildReport) -> None:
-    from .erofs.writer import ErofsOptions, write_erofs
+    from .formats.erofs.writer import ErofsOptions, write_erofs
 
     s2 = profile.stage2
     opts = ErofsOptions(

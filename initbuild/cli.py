@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     if args.plugin_path:
-        print(Path(__file__).resolve().parent / "kernel-install" / "50-initbuild.install")
+        from .resources import kernel_install_plugin
+
+        print(kernel_install_plugin())
         return EXIT_OK
     if args.verb is None:
         ap.print_usage(sys.stderr)
@@ -211,16 +213,16 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _dirs(args: argparse.Namespace) -> list[Path] | None:
-    from .modules import MODULES_DIR
+    from .resources import module_dirs
 
-    return [MODULES_DIR, *args.modules_dir] if args.modules_dir else None
+    return module_dirs(args.modules_dir or ())
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .build import build
-    from .collect import host_kernels
+    from .modules.context import host_kernels
     from .sysroot import Sysroot
 
     profile = _load(args)
@@ -302,9 +304,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_modules(args: argparse.Namespace) -> int:
-    from .modules import MODULES_DIR, discover
+    from .modules.spec import discover
+    from .resources import module_dirs
 
-    specs = discover([MODULES_DIR, *(args.modules_dir or [])])
+    specs = discover(module_dirs(args.modules_dir or ()))
     rows = sorted(specs.values(), key=lambda s: (s.priority, s.name))
     if args.json:
         print(
@@ -343,7 +346,7 @@ def _reading(image: str) -> Iterator[None]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .image import open_image
+    from .formats.inspect import open_image
 
     with _reading(args.image):
         reader = open_image(args.image)
@@ -361,7 +364,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    from .image import find, open_image
+    from .formats.inspect import find, open_image
     from .manifest import Kind
 
     with _reading(args.image):
@@ -379,7 +382,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from .image import open_image, unpack
+    from .formats.inspect import open_image, unpack
 
     with _reading(args.image):
         n = unpack(open_image(args.image), args.directory)
@@ -389,7 +392,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def cmd_erofs(args: argparse.Namespace) -> int:
     from .build import atomic_output, source_date_epoch
-    from .erofs.writer import ErofsOptions, write_erofs
+    from .formats.erofs.writer import ErofsOptions, write_erofs
     from .manifest import from_tree
     from .sysroot import Sysroot
 

@@ -12,9 +12,9 @@ from . import yamlread
 from .errors import ConfigError, Location
 from .manifest import PathError, check_dest
 from .profile import FileSpec, Mode, OverlaySpec, Panic, Profile, Stage2Compression, Stage2Spec
+from .resources import default_profile
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_PROFILE = Path(__file__).resolve().parent / "profiles" / "default.yaml"
+DEFAULT_PROFILE = default_profile()
 
 CPIO_COMPRESSIONS = ("lz4", "zstd", "gzip", "xz", "none")
 BOOTFS_PREFIXES = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "/dev/")

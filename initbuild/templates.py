@@ -9,8 +9,7 @@ from typing import Any
 import jinja2
 
 from .errors import InitbuildError
-
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+from .resources import templates_dir as shipped_templates_dir
 
 
 def _sh_quote(value: object) -> str:
@@ -20,8 +19,8 @@ def _sh_quote(value: object) -> str:
 class Renderer:
     """Renders templates found in a module's directory first, then in the project's templates/."""
 
-    def __init__(self, templates_dir: Path = TEMPLATES_DIR):
-        self.templates_dir = templates_dir
+    def __init__(self, templates_dir: Path | None = None):
+        self.templates_dir = templates_dir or shipped_templates_dir()
         self._envs: dict[tuple[str, ...], jinja2.Environment] = {}
 
     def _env(self, search: tuple[str, ...]) -> jinja2.Environment:

@@ -28,7 +28,7 @@ SOURCES = ["/lib/modules", "/usr/lib/x86_64-linux-gnu", "/usr/share"]
 
 WRITER = """
 import sys
-from initbuild.erofs.writer import ErofsOptions, write_erofs
+from initbuild.formats.erofs.writer import ErofsOptions, write_erofs
 from initbuild.manifest import from_tree
 from initbuild.sysroot import Sysroot
 src, image, level = sys.argv[1], sys.argv[2], int(sys.argv[3])

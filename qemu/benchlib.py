@@ -38,15 +38,15 @@ if str(REPO) not in sys.path:  # run as `python3 qemu/<tool>.py` from a checkout
     sys.path.insert(0, str(REPO))
 
 from initbuild import log  # noqa: E402
-from initbuild.bootharness import MACHINES, PMEM_ALIGN, VM, BootResult, Disk, boot, resolve_accel  # noqa: E402
+from initbuild.boot.disks import make_ext4, make_root_tree, pad_to  # noqa: E402
+from initbuild.boot.harness import MACHINES, PMEM_ALIGN, VM, BootResult, Disk, boot, resolve_accel  # noqa: E402
 from initbuild.build import BuildReport, build  # noqa: E402
-from initbuild.collect import host_kernels  # noqa: E402
-from initbuild.compress import Compression  # noqa: E402
 from initbuild.config import load_profile  # noqa: E402
-from initbuild.cpio import CpioOptions, write_initramfs  # noqa: E402
-from initbuild.disks import make_ext4, make_root_tree, pad_to  # noqa: E402
 from initbuild.errors import ToolError  # noqa: E402  (also re-exported for the tools)
+from initbuild.formats.compress import Compression  # noqa: E402
+from initbuild.formats.cpio import CpioOptions, write_initramfs  # noqa: E402
 from initbuild.manifest import Entry, Kind, Manifest  # noqa: E402
+from initbuild.modules.context import host_kernels  # noqa: E402
 from initbuild.profile import FileSpec, Mode, Profile  # noqa: E402
 from initbuild.run import run  # noqa: E402
 from initbuild.sysroot import Sysroot  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.collect import host_kernels
+from initbuild.modules.context import host_kernels
 from initbuild.sysroot import Sysroot
 
 TESTS = Path(__file__).resolve().parent

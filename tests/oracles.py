@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from initbuild.compress import Compression
+from initbuild.formats.compress import Compression
 
 COMPRESSED = [x for x in Compression if x is not Compression.NONE]
 

@@ -12,11 +12,11 @@ import pytest
 from oracles import CLI_DECOMPRESS
 
 from initbuild.build import build
-from initbuild.compress import Compression, detect
 from initbuild.config import load_profile, load_profile_text
-from initbuild.cpio import CpioReader
 from initbuild.errors import ConfigError
-from initbuild.image import Member
+from initbuild.formats.compress import Compression, detect
+from initbuild.formats.cpio import CpioReader
+from initbuild.formats.inspect import Member
 from initbuild.manifest import Kind
 from initbuild.profile import Mode
 from initbuild.run import run
@@ -166,7 +166,7 @@ def _tree(members: list[Member], read: object) -> dict[str, tuple[object, ...]]:
 
 
 def test_stage_two_tree_equals_the_plain_tree(tmp_path: Path, kver: str) -> None:
-    from initbuild.erofs.reader import ErofsReader
+    from initbuild.formats.erofs.reader import ErofsReader
 
     plain = _build(tmp_path / "plain", "plain", "early_microcode: false\n")
     split = _build(tmp_path / "split", "initoverlayfs")

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracles import CLI_DECOMPRESS, COMPRESSED
 
-from initbuild import compress as c
-from initbuild.compress import Compression
 from initbuild.errors import FormatError
+from initbuild.formats import compress as c
+from initbuild.formats.compress import Compression
 from initbuild.run import have_tool, run
 
 CLI_COMPRESS = {
@@ -258,7 +258,7 @@ def test_round_trip_property(data: bytes, compression: Compression, split: int) 
 def test_parallel_compression_does_not_change_the_bytes() -> None:
     """lz4 blocks are compressed on a thread pool and zstd runs multi-threaded: the output must be
     the same for any number of workers (reproducible images on any machine), and decode."""
-    from initbuild.compress import LZ4_LEGACY_BLOCK_SIZE, _Lz4LegacyEncoder
+    from initbuild.formats.compress import LZ4_LEGACY_BLOCK_SIZE, _Lz4LegacyEncoder
 
     rnd = random.Random(7)
     words = [bytes(rnd.choice(b"abcdefghij") for _ in range(rnd.randint(2, 9))) for _ in range(500)]

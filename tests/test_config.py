@@ -36,8 +36,8 @@ from initbuild.config import (
     load_profile_text,
 )
 from initbuild.errors import ConfigError, InitbuildError, Location, ResolveError
-from initbuild.modules import MODULES_DIR
 from initbuild.profile import FileSpec, Mode, Panic, Profile, Stage2Compression
+from initbuild.resources import shipped_modules_dir
 
 TESTS = Path(__file__).resolve().parent
 BAD = TESTS / "profiles" / "bad"
@@ -178,7 +178,7 @@ def test_bad_profile_in_process(path: Path, sysroot: Path) -> None:
     argv = case.subst("--sysroot {sysroot}" if case.args is None else case.args, sysroot).split()
     opts = dict(zip(argv[::2], argv[1::2], strict=True))
     overrides = {"sysroot": opts["--sysroot"]} if "--sysroot" in opts else None
-    dirs = [MODULES_DIR, Path(opts["--modules-dir"])] if "--modules-dir" in opts else None
+    dirs = [shipped_modules_dir(), Path(opts["--modules-dir"])] if "--modules-dir" in opts else None
 
     if case.layer == "config":
         with pytest.raises(ConfigError) as in_config:

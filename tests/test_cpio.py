@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles import CLI_DECOMPRESS, COMPRESSED
 
-from initbuild import compress
-from initbuild.compress import Compression
-from initbuild.cpio import (
+from initbuild.errors import FormatError
+from initbuild.formats import compress
+from initbuild.formats.compress import Compression
+from initbuild.formats.cpio import (
     HEADER_SIZE,
     NEWC_MAGIC,
     TRAILER,
@@ -31,8 +32,7 @@ from initbuild.cpio import (
     write_cpio,
     write_initramfs,
 )
-from initbuild.errors import FormatError
-from initbuild.image import Member, unpack
+from initbuild.formats.inspect import Member, unpack
 from initbuild.manifest import Entry, Kind, Manifest, from_tree
 from initbuild.run import have_tool, run
 from initbuild.sysroot import Sysroot

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.collect import CPU_MODALIAS, driver_table
-from initbuild.kmod import KernelModules
+from initbuild.modules.context import CPU_MODALIAS, driver_table
+from initbuild.resolve.kmod import KernelModules
 from initbuild.sysroot import Sysroot
 
 

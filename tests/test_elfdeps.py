@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from initbuild import run
-from initbuild.elfdeps import ElfResolver
 from initbuild.errors import ResolveError
+from initbuild.resolve.elf import ElfResolver
 from initbuild.sysroot import Sysroot
 
 DATA = Path(__file__).parent / "data" / "elf"

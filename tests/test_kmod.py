@@ -14,7 +14,7 @@ import zstandard
 
 from initbuild import run
 from initbuild.errors import ResolveError
-from initbuild.kmod import KernelModules, Kmod, normalize, read_modinfo
+from initbuild.resolve.kmod import KernelModules, Kmod, normalize, read_modinfo
 from initbuild.sysroot import Sysroot
 
 DATA = Path(__file__).parent / "data" / "elf"
@@ -381,7 +381,7 @@ def test_signature_hash_matches_modinfo() -> None:
 @needs_host_tree
 def test_signature_stripped_and_damaged(tmp_path: Path) -> None:
     """An unsigned module has no signature; a cut or garbled one never raises, whatever the bytes."""
-    from initbuild.kmod import MODULE_SIG_STRING, module_signature, pkcs7_digest_algo
+    from initbuild.resolve.kmod import MODULE_SIG_STRING, module_signature, pkcs7_digest_algo
 
     assert KVER is not None
     km = KernelModules(Sysroot("/"), KVER)

@@ -13,8 +13,7 @@ from test_config import FAKE_KVER, FIXTURES, make_fake_sysroot
 from initbuild import run
 from initbuild.config import load_profile_text
 from initbuild.errors import ConfigError, ConfigErrors, Location, ModuleError
-from initbuild.modules import (
-    MODULES_DIR,
+from initbuild.modules.spec import (
     Check,
     CheckFn,
     DeviceItem,
@@ -28,6 +27,7 @@ from initbuild.modules import (
     select,
 )
 from initbuild.profile import Mode
+from initbuild.resources import shipped_modules_dir
 
 
 def make_tree(root: Path, modules: dict[str, str]) -> Path:
@@ -107,7 +107,7 @@ def test_later_directory_overrides_by_name(three_way: Path, tmp_path: Path) -> N
 
 
 def test_shipped_modules_parse() -> None:
-    specs = discover([MODULES_DIR])
+    specs = discover([shipped_modules_dir()])
     assert {"base", "storage", "initoverlayfs", "stage2", "test"} <= set(specs)
     assert all(s.description for s in specs.values())
     assert specs["initoverlayfs"].modes == (Mode.INITOVERLAYFS,)
@@ -397,7 +397,7 @@ def test_cli_modules_lists_descriptions(tmp_path: Path) -> None:
     assert (rc, err) == (0, "")
     lines = out.splitlines()
     assert "55extra            [one, on demand] an extra module" in lines
-    for spec in discover([MODULES_DIR]).values():
+    for spec in discover([shipped_modules_dir()]).values():
         assert any(
             line.startswith(f"{spec.priority:02d}{spec.name} ") and spec.description in line for line in lines
         )

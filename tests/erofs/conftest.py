@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from initbuild import run
-from initbuild.erofs.reader import ErofsReader
-from initbuild.erofs.writer import ErofsOptions, ErofsStats, _compressor, write_erofs
-from initbuild.image import Member
+from initbuild.formats.erofs.reader import ErofsReader
+from initbuild.formats.erofs.writer import ErofsOptions, ErofsStats, _compressor, write_erofs
+from initbuild.formats.inspect import Member
 from initbuild.manifest import Kind, Manifest, from_tree, open_entry
 from initbuild.sysroot import Sysroot
 

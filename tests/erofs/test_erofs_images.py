@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.erofs.format import BLOCK_SIZE
-from initbuild.erofs.reader import ErofsReader
-from initbuild.image import unpack
+from initbuild.formats.erofs.format import BLOCK_SIZE
+from initbuild.formats.erofs.reader import ErofsReader
+from initbuild.formats.inspect import unpack
 from initbuild.manifest import Entry, Kind, Manifest
 from initbuild.sysroot import Sysroot
 

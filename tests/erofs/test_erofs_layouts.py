@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.erofs.format import BLOCK_SIZE
-from initbuild.erofs.reader import ErofsReader
-from initbuild.erofs.writer import CHUNK_LCLUSTERS, ErofsOptions, _compressor, segment
+from initbuild.formats.erofs.format import BLOCK_SIZE
+from initbuild.formats.erofs.reader import ErofsReader
+from initbuild.formats.erofs.writer import CHUNK_LCLUSTERS, ErofsOptions, _compressor, segment
 
 from .conftest import (
     BUILD_TIME,

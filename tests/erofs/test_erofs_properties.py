@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from initbuild.erofs.format import BLOCK_SIZE, EROFS_SUPER_OFFSET, SB_CHECKSUM_OFFSET, erofs_crc32c
-from initbuild.erofs.reader import ErofsReader
 from initbuild.errors import FormatError
-from initbuild.image import unpack
+from initbuild.formats.erofs.format import BLOCK_SIZE, EROFS_SUPER_OFFSET, SB_CHECKSUM_OFFSET, erofs_crc32c
+from initbuild.formats.erofs.reader import ErofsReader
+from initbuild.formats.inspect import unpack
 from initbuild.manifest import Entry, Kind, Manifest
 from initbuild.sysroot import Sysroot
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from initbuild.erofs import format as fmt
-from initbuild.erofs.layout import MetaAllocator, Node, pack_dir_blocks, xattr_area
-from initbuild.erofs.zmap import (
+from initbuild.errors import FormatError
+from initbuild.formats.erofs import format as fmt
+from initbuild.formats.erofs.layout import MetaAllocator, Node, pack_dir_blocks, xattr_area
+from initbuild.formats.erofs.zmap import (
     Pcluster,
     compact_index_size,
     decode_compact,
@@ -14,7 +15,6 @@ from initbuild.erofs.zmap import (
     extents_of,
     lclusters_of,
 )
-from initbuild.errors import FormatError
 from initbuild.manifest import Entry, Kind
 
 

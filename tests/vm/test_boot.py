@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.bootharness import VM, BootResult, Disk, boot
+from initbuild.boot.disks import make_ext4, make_root_tree, partitioned_disk
+from initbuild.boot.harness import VM, BootResult, Disk, boot
 from initbuild.build import BuildReport, build
 from initbuild.config import load_profile_text
-from initbuild.disks import make_ext4, make_root_tree, partitioned_disk
-from initbuild.modules import MODULES_DIR
+from initbuild.resources import shipped_modules_dir
 
 pytestmark = pytest.mark.vm
 
@@ -365,7 +365,7 @@ def test_failure_stage_two_init_missing(tmp_path: Path, kernel: Path, root_disk:
     built = _build(
         tmp_path / "out",
         PLAIN.format(compression="lz4").replace("modules: [test]", "modules: [badinit]"),
-        modules_dirs=[MODULES_DIR, HERE / "modules_badinit"],
+        modules_dirs=[shipped_modules_dir(), HERE / "modules_badinit"],
     )
     res = _fail_boot(kernel, built.path("initramfs"), "", (Disk(root_disk),), log_dir, "fail-stage2init")
     _assert_diagnosed(res, r"stage two's init /usr/lib/nothing/init is missing or not executable")
@@ -378,7 +378,7 @@ def test_failure_driver_missing_from_stage_one(
     built = _build(
         tmp_path / "out",
         OVERLAY.format(compression="lz4"),
-        modules_dirs=[MODULES_DIR, HERE / "modules_nodisk"],
+        modules_dirs=[shipped_modules_dir(), HERE / "modules_nodisk"],
     )
     res = _fail_boot(
         kernel, built.path("initramfs"), "initbuild.timeout=2", (Disk(root_disk),), log_dir, "fail-nodriver"
@@ -394,7 +394,7 @@ def test_failure_overlay_unsupported(tmp_path: Path, kernel: Path, root_disk: Pa
     built = _build(
         tmp_path / "out",
         OVERLAY.format(compression="lz4"),
-        modules_dirs=[MODULES_DIR, HERE / "modules_nooverlay"],
+        modules_dirs=[shipped_modules_dir(), HERE / "modules_nooverlay"],
     )
     res = _fail_boot(kernel, built.path("initramfs"), "", (Disk(root_disk),), log_dir, "fail-nooverlay")
     _assert_diagnosed(

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.bootharness import VM, Disk, boot
+from initbuild.boot.harness import VM, Disk, boot
 from initbuild.build import atomic_output, build
 from initbuild.config import load_profile_text
-from initbuild.erofs.writer import ErofsOptions, write_erofs
+from initbuild.formats.erofs.writer import ErofsOptions, write_erofs
 from initbuild.manifest import from_tree
-from initbuild.modules import MODULES_DIR
+from initbuild.resources import shipped_modules_dir
 from initbuild.sysroot import Sysroot
 
 pytestmark = pytest.mark.vm
@@ -60,7 +60,9 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory, kver: str) -> Path:
 def checker_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("erofscheck") / "out"
     profile = load_profile_text("mode: plain\nmodules: [erofscheck]\n", "erofscheck.yaml")
-    report = build(profile, out, force=True, modules_dirs=[MODULES_DIR, HERE / "modules_erofscheck"])
+    report = build(
+        profile, out, force=True, modules_dirs=[shipped_modules_dir(), HERE / "modules_erofscheck"]
+    )
     return out / report.output("initramfs").path
 
 

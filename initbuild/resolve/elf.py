@@ -32,9 +32,9 @@ from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
-from . import log
-from .errors import ResolveError
-from .sysroot import Sysroot, normpath
+from .. import log
+from ..errors import ResolveError
+from ..sysroot import Sysroot, normpath
 
 ELF_MAGIC = b"\x7fELF"
 MAX_SCRIPT_NESTING = 4  # Linux BINPRM_MAX_RECURSION: "#!" interpreters may themselves be scripts

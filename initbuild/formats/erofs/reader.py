@@ -17,9 +17,9 @@ from pathlib import Path
 
 import lz4.block
 
-from ..errors import FormatError, InitbuildError
-from ..image import Member
-from ..manifest import Kind, check_dest
+from ...errors import FormatError, InitbuildError
+from ...manifest import Kind, check_dest
+from ..inspect import Member
 from .format import (
     BLKSZBITS,
     BLOCK_SIZE,

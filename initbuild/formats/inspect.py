@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import FormatError, InitbuildError
-from .manifest import Kind, PathError, check_dest
+from ..errors import FormatError, InitbuildError
+from ..manifest import Kind, PathError, check_dest
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import log
-from .elfdeps import ElfResolver
-from .errors import InitbuildError, Location, ResolveError
-from .kmod import KernelModules, Kmod
-from .manifest import Entry, Kind, Manifest, check_dest
-from .modules import Check, ModuleSpec, Plan, load_hook
-from .profile import Mode, Profile
-from .sysroot import Sysroot
-from .templates import Renderer
+from .. import log
+from ..errors import InitbuildError, Location, ResolveError
+from ..manifest import Entry, Kind, Manifest, check_dest
+from ..profile import Mode, Profile
+from ..resolve.elf import ElfResolver
+from ..resolve.kmod import KernelModules, Kmod
+from ..sysroot import Sysroot
+from ..templates import Renderer
+from .spec import Check, ModuleSpec, Plan, load_hook
 
 PATH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # Top-level links of a usr-merged system, reproduced in the image so that paths such as /bin/sh

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .run import find_tool, spawn
+from ..run import find_tool, spawn
 
 MARKER = "initbuild-marker:"
 PANIC_PATTERNS = ("Kernel panic", "Attempted to kill init")

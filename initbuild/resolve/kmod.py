@@ -32,9 +32,9 @@ import zstandard
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from . import log
-from .errors import ResolveError
-from .sysroot import Sysroot
+from .. import log
+from ..errors import ResolveError
+from ..sysroot import Sysroot
 
 # Where modprobe reads configuration, highest priority first; a file name seen earlier hides later ones
 # (kmod's conf_files_list), then all files are read sorted by name.
@@ -473,7 +473,7 @@ class KernelModules:
         """The binary modules.*.bin indexes libkmod reads (udev's kmod builtin, kmod's modprobe) for an
         image holding only `selected`: `depmod -b STAGING` over links to those modules, with this
         tree's modules.order and modules.builtin(.modinfo). Keyed by file name."""
-        from .run import find_tool, run  # the one place that runs programs
+        from ..run import find_tool, run  # the one place that runs programs
 
         depmod = find_tool(
             "depmod", reason="write the binary module indexes libkmod reads", hint="apt-get install kmod"

@@ -26,10 +26,10 @@ from typing import BinaryIO, TypeVar
 
 import lz4.block
 
-from .. import log
-from ..errors import ConfigError, FormatError, ResolveError
-from ..manifest import Kind, Manifest, entry_size, open_entry
-from ..sysroot import Sysroot
+from ... import log
+from ...errors import ConfigError, FormatError, ResolveError
+from ...manifest import Kind, Manifest, entry_size, open_entry
+from ...sysroot import Sysroot
 from .format import (
     BLKSZBITS,
     BLOCK_SIZE,

@@ -22,12 +22,12 @@ from typing import Any
 
 import yaml
 
-from . import yamlread
-from .errors import ConfigError, Location, ModuleError
-from .manifest import PathError, check_dest
-from .profile import Mode, Profile
+from .. import yamlread
+from ..errors import ConfigError, Location, ModuleError
+from ..manifest import PathError, check_dest
+from ..profile import Mode, Profile
+from ..resources import templates_dir
 
-MODULES_DIR = Path(__file__).resolve().parent.parent / "modules.d"
 _DIRNAME = re.compile(r"^(\d\d)([a-z0-9][a-z0-9_-]*)$")
 
 
@@ -156,7 +156,7 @@ def discover(dirs: Iterable[Path]) -> dict[str, ModuleSpec]:
                 continue
             specs[spec.name] = spec
     if errors:
-        from .errors import ConfigErrors
+        from ..errors import ConfigErrors
 
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
     return specs
@@ -293,11 +293,11 @@ def _templates(r: yamlread.Reader, node: yaml.Node, moddir: Path) -> list[Templa
         d = r.scalar(tm["dest"], f"{key}.dest", str) if "dest" in tm else None
         if not (t and d):
             continue
-        if not (moddir / t).is_file() and not (PROJECT_TEMPLATES / t).is_file():
+        if not (moddir / t).is_file() and not (templates_dir() / t).is_file():
             r.error(
                 tm["template"],
                 f"{key}.template",
-                f"template '{t}' not found in {moddir} or {PROJECT_TEMPLATES}",
+                f"template '{t}' not found in {moddir} or {templates_dir()}",
             )
         mode = _mode(r, tm.get("mode"), f"{key}.mode")
         out.append(
@@ -311,13 +311,10 @@ def _templates(r: yamlread.Reader, node: yaml.Node, moddir: Path) -> list[Templa
     return out
 
 
-PROJECT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
-
 def _mode(r: yamlread.Reader, node: yaml.Node | None, key: str) -> int | None:
     if node is None:
         return None
-    from .config import _read_mode
+    from ..config import _read_mode
 
     return _read_mode(r, node, key)
 
@@ -406,7 +403,7 @@ def select(profile: Profile, specs: dict[str, ModuleSpec], kver: str, check: Che
                     )
                 )
     if errors:
-        from .errors import ConfigErrors
+        from ..errors import ConfigErrors
 
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
 

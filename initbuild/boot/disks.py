@@ -14,7 +14,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from .run import find_tool, run
+from ..run import find_tool, run
 
 ROOT_INIT = """#!/bin/sh
 # The real root's init, made by initbuild.disks for boot tests: report and power off.

@@ -18,8 +18,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import FormatError
-from ..manifest import Entry, Kind, Manifest
+from ...errors import FormatError
+from ...manifest import Entry, Kind, Manifest
 from .format import (
     BLOCK_SIZE,
     COMPACT_MAX,

@@ -43,7 +43,7 @@ from typing import BinaryIO, Protocol, cast
 import lz4.block  # type: ignore[import-untyped]
 import zstandard
 
-from .errors import FormatError
+from ..errors import FormatError
 
 
 class Compression(StrEnum):

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, BinaryIO, NamedTuple
 
+from ..errors import FormatError, InitbuildError
+from ..manifest import Entry, Kind, Manifest, PathError, check_dest, entry_size, open_entry
+from ..sysroot import Sysroot
 from .compress import (
     LZ4_END_OF_STREAM,
     Compression,
@@ -43,10 +46,7 @@ from .compress import (
     detect,
     open_compressor,
 )
-from .errors import FormatError, InitbuildError
-from .image import Member
-from .manifest import Entry, Kind, Manifest, PathError, check_dest, entry_size, open_entry
-from .sysroot import Sysroot
+from .inspect import Member
 
 NEWC_MAGIC = b"070701"  # "new" portable ASCII format without checksum; the only one the kernel reads
 OLD_ASCII_MAGIC = b"070707"  # odc: the kernel says "incorrect cpio method used: use -H newc option"
