@@ -22,6 +22,8 @@ export PATH=/bin
 read -r up idle < /proc/uptime
 mem=$(sed -n 's/^MemAvailable: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo)
 line="initbuild-marker: {name} uptime=$up memavailable_kb=$mem"
+# what the booted system holds, for tests (e.g. no loop device after a file-backed stage two)
+echo "initbuild-root: block devices:" $(ls /sys/block) > /dev/console
 echo "<2>$line" > /dev/kmsg
 echo "$line" > /dev/console
 {extra}

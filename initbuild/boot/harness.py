@@ -1,8 +1,11 @@
 """Boot images under QEMU and read what happened: used by the VM tests and the qemu/ benchmarks.
 
 The guest decides success: a final init prints `initbuild-marker: NAME uptime=S memavailable_kb=N`
-(templates/initlib.sh ib_marker). The harness waits for that line, a kernel panic, or a timeout,
-keeps the whole console log, and parses boot times from it.
+(templates/initlib.sh ib_marker). A boot says exactly what it waits for (`VM.expect`, e.g.
+`expect=(marker("real-root"),)`): never "any marker", since a stage that reports itself early
+(`initbuild.marker=1`) would end the boot before the line a test asserts. The harness waits for
+every expected line, a kernel panic, or the host timeout, keeps the whole console log, and parses
+boot times from it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ PMEM_ALIGN = 2 << 20  # virtio-pmem backing files must be sized to a 2 MiB multi
 MACHINES = ("pc", "q35")
 
 
+def marker(name: str) -> str:
+    """The exact console text of the marker NAME (what a boot that asserts it must wait for)."""
+    return f"{MARKER} {name} uptime="
+
+
 @dataclass(frozen=True)
 class Disk:
     path: Path
@@ -51,7 +59,7 @@ class VM:
     machine: str = "pc"  # QEMU machine type: pc (i440fx, QEMU's default) | q35 (PCIe; see MACHINES)
     icount: bool = False  # deterministic guest time (-icount shift=0,sleep=off, rtc clock=vm)
     timeout: float = 120.0  # host seconds
-    expect: tuple[str, ...] = (MARKER,)  # stop when every one of these substrings was seen
+    expect: tuple[str, ...] = ()  # stop when every one of these substrings was seen (required)
     devices: tuple[str, ...] = ()  # more -device specs, e.g. "virtio-rng-pci"
     cpu: str | None = None  # -cpu model; None: host under KVM, max under TCG (see _cpu_model)
 
@@ -154,6 +162,8 @@ class BootResult:
 
 def boot(vm: VM, *, log_path: Path | None = None) -> BootResult:
     """Run the VM until every `expect` substring was seen (then stop it), it exits, or timeout."""
+    if not vm.expect:
+        raise ValueError("VM.expect is empty: say which console line ends the boot, e.g. marker('real-root')")
     argv = vm.argv()
     start = time.monotonic()
     proc = spawn(argv)

@@ -22,9 +22,19 @@ VARIANTS = ("initoverlayfs", "plain-lz4", "plain-zstd")
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def quick(tmp_path_factory: pytest.TempPathFactory, kver: str) -> tuple[str, Path]:
     work = tmp_path_factory.mktemp("bench")
-    argv = [sys.executable, str(BENCH), "--quick", "--workdir", work, "--out", work / "results"]
+    argv = [
+        sys.executable,
+        str(BENCH),
+        "--quick",
+        "--kver",
+        kver,
+        "--workdir",
+        work,
+        "--out",
+        work / "results",
+    ]
     cp = run(argv, check=False)
     out, err = cp.stdout.decode(), cp.stderr.decode()
     assert cp.returncode == 0, f"bench.py --quick failed ({cp.returncode}):\n{err[-4000:]}\n{out[-2000:]}"

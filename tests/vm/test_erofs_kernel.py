@@ -57,9 +57,9 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory, kver: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checker_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checker_initrd(tmp_path_factory: pytest.TempPathFactory, kver: str) -> Path:
     out = tmp_path_factory.mktemp("erofscheck") / "out"
-    profile = load_profile_text("mode: plain\nmodules: [erofscheck]\n", "erofscheck.yaml")
+    profile = load_profile_text(f"kernel: {kver}\nmode: plain\nmodules: [erofscheck]\n", "erofscheck.yaml")
     report = build(
         profile, out, force=True, modules_dirs=[shipped_modules_dir(), HERE / "modules_erofscheck"]
     )
@@ -113,7 +113,8 @@ def test_kernel_reads_every_file_of_the_image(
         timeout=600,
         expect=("EROFS-CHECK-END",),
     )
-    res = boot(vm, log_path=log_dir / f"erofs-kernel-{compression}-{pcluster}.log")
+    name = f"erofs-kernel-{compression}-{pcluster}-{kernel.name.removeprefix('vmlinuz-')}"
+    res = boot(vm, log_path=log_dir / f"{name}.log")
     assert "EROFS-MOUNT-FAILED" not in res.console, res.explain()
     assert "EROFS-CHECK-END" in res.console, res.explain()
     body = res.console.split("EROFS-CHECK-BEGIN", 1)[1].split("EROFS-CHECK-END", 1)[0]
