@@ -57,6 +57,17 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _output_args(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def d(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("-v", "--verbose", action="count", default=d(0), help="more output (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="only warnings and errors")
+    p.add_argument(
+        "--debug", action="store_true", default=d(False), help="tracebacks and the commands initbuild runs"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="initbuild",
@@ -71,10 +82,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the path of the kernel-install plugin (link it into /etc/kernel/install.d) and exit",
     )
+    # -v/-q/--debug work before the verb and after it: the verb's copies default to SUPPRESS, so
+    # they set the value only when given there and otherwise keep what the global ones parsed.
+    _output_args(ap, defaults=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
-    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    common.add_argument("--debug", action="store_true", help="tracebacks and the commands initbuild runs")
+    _output_args(common, defaults=False)
     sub = ap.add_subparsers(dest="verb", metavar="VERB")
 
     def add(name: str, help: str, desc: str | None = None) -> argparse.ArgumentParser:
@@ -102,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
         help="output directory (default: the profile's output.dir, ./out)",
     )
     b.add_argument("--force", action="store_true", help="replace existing outputs")
+    b.add_argument(
+        "--json",
+        action="store_true",
+        help="print the build report (what build.json holds: outputs, sizes, sha256, timings) to stdout",
+    )
     b.add_argument(
         "--all-kernels",
         action="store_true",
@@ -235,11 +252,15 @@ def cmd_build(args: argparse.Namespace) -> int:
                 f"no kernels found in {profile.sysroot} (/boot/vmlinuz-V with /lib/modules/V)"
             )
         profiles = [replace(profile, kernel=k) for k in kernels]
+    reports = []
     for p in profiles:
         report = build(p, outdir, force=args.force, modules_dirs=_dirs(args))
+        reports.append(report.to_json())
         for o in report.outputs:
             log.info(f"  {outdir / o.path}  {o.size / 1e6:8.2f} MB  {o.kind} ({o.compression})")
         log.info(f"built {report.kver} in {report.timings[-1][1]:.2f} s; details in {outdir / 'build.json'}")
+    if args.json:
+        print(json.dumps(reports if args.all_kernels else reports[0], indent=2, default=str))
     return EXIT_OK
 
 
