@@ -1,6 +1,6 @@
 """Shared machinery of the qemu/ benchmarks: build variants, make the real root, boot N times, measure.
 
-Fairness (../shared/boot-notes.md): every variant boots the *same* QEMU machine -- same kernel, memory
+Fairness (docs/boot.md §1): every variant boots the *same* QEMU machine -- same kernel, memory
 and virtio-pmem disks (pmem0: the real root, ext4; pmem1: the stage-two EROFS) -- and differs only in
 `-initrd`. Plain and initoverlayfs load the same storage drivers (the profile's boot drivers plus
 virtio-pmem) and mount the same real root, whose /sbin/init prints the final marker.

@@ -217,7 +217,7 @@ def _complete(buf: str, expect: tuple[str, ...]) -> bool:
 
 @functools.cache
 def kvm_works(kernel: Path) -> bool:
-    """/dev/kvm can exist while guests hang (../shared/boot-notes.md): probe with a short boot."""
+    """/dev/kvm can exist while guests hang (docs/boot.md §1.6): probe with a short boot."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     vm = VM(
