@@ -7,7 +7,8 @@
 
 Every size is built three times from the default profile plus the same payload (initoverlayfs with an
 lz4 stage one; plain lz4; plain zstd) and booted on one QEMU machine (see benchlib). Outputs: a markdown
-table on stdout, and results/latest.{json,svg,md} (or --out).
+table on stdout, and results/SERIES/latest.{json,svg,md} (or --out), SERIES being the kernel's
+major.minor (6.1, 6.12): each kernel has its own results and its own README block.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-icount", action="store_true", help="KVM if it works, else TCG; not repeatable")
     bl.add_machine_arg(ap)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/initbuild-bench"), help="builds and logs")
-    ap.add_argument("--out", type=Path, help="results directory (default qemu/results; --quick: WORKDIR)")
+    ap.add_argument(
+        "--out", type=Path, help="results directory (default qemu/results/SERIES; --quick: WORKDIR/results)"
+    )
     ap.add_argument("--update-readme", action="store_true", help="rewrite the README's bench block")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.boots, args.no_minram, args.no_build_bench = "10", 1, True, True
     if args.out is None:
-        args.out = args.workdir / "results" if args.quick else HERE / "results"
+        args.out = args.workdir / "results" if args.quick else None  # set once the kernel is known
     args.sizes = sorted({int(s) for s in str(args.sizes).split(",") if s.strip()})
     return args
 
@@ -282,9 +285,17 @@ def write_outputs(
     bl.say(f"wrote {out}/latest.json, latest.svg, latest.md")
 
 
+def kernel_series(kver: str) -> str:
+    """6.12.117+deb12-cloud-amd64 -> 6.12."""
+    return ".".join(kver.split("-")[0].split("+")[0].split(".")[:2])
+
+
 def readme_block(md_table: str, summary: list[str], data: dict[str, Any]) -> str:
     sizes = ",".join(str(s) for s in data["sizes_mb"])
-    boots = f" --boots {data['boots']}" if data["boots"] != DEFAULT_BOOTS else ""
+    series = kernel_series(data["kernel"])
+    res = f"qemu/results/{series}"
+    boots = f" --kver {data['kernel']}"
+    boots += f" --boots {data['boots']}" if data["boots"] != DEFAULT_BOOTS else ""
     if data["machine"] != "pc":
         boots += f" --machine {data['machine']}"
     return "\n".join(
@@ -294,15 +305,15 @@ def readme_block(md_table: str, summary: list[str], data: dict[str, Any]) -> str
             f"{data['boots']} boots per variant "
             f"(`python3 qemu/bench.py --sizes {sizes}{boots} --update-readme`).",
             "",
-            "![time to userspace and MemAvailable against payload size](qemu/results/latest.svg)",
+            f"![time to userspace and MemAvailable against payload size, Linux {series}]({res}/latest.svg)",
             "",
             md_table,
             "",
             *summary,
             "",
             "Details (per-step stage-one times, build times): "
-            "[qemu/results/latest.md](qemu/results/latest.md); "
-            "raw numbers: [qemu/results/latest.json](qemu/results/latest.json).",
+            f"[{res}/latest.md]({res}/latest.md); "
+            f"raw numbers: [{res}/latest.json]({res}/latest.json).",
         ]
     )
 
@@ -311,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bl.quiet_builds()
     kver = bl.kernel_version(args.kver)
+    if args.out is None:
+        args.out = HERE / "results" / kernel_series(kver)
     args.workdir.mkdir(parents=True, exist_ok=True)
     payloads = pl.payloads(kver, args.sizes)
     root = bl.make_real_root(args.workdir)
@@ -377,11 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(args, data, results, "\n".join(md))
     if args.update_readme:
         block = readme_block(table, summary, data)
+        series = kernel_series(kver)
         for f in (bl.REPO / "README.md", HERE / "README-section.md"):
-            if f.exists() and report.update_readme(f, block):
-                bl.say(f"updated the bench block in {f}")
+            if f.exists() and report.update_readme(f, block, series):
+                bl.say(f"updated the Linux {series} bench block in {f}")
             else:
-                bl.say(f"no {report.README_BEGIN} ... {report.README_END} block in {f}: not updated")
+                begin, end = report.readme_markers(series)
+                bl.say(f"no {begin} ... {end} block in {f}: not updated")
     failed = [f"{r.label}/{r.images.variant.name}" for r in results if not r.all_ok]
     if failed or (floor and not floor["ok"]):
         bl.say(f"FAILED boots: {', '.join(failed) or 'floor'} (console logs in {args.workdir}/logs)")

@@ -14,8 +14,11 @@ import benchlib as bl
 
 MB = 1e6
 MIB = 1 << 20
-README_BEGIN = "<!-- bench:begin -->"
-README_END = "<!-- bench:end -->"
+
+
+def readme_markers(series: str) -> tuple[str, str]:
+    """The README block of one kernel series (e.g. "6.12"): each kernel has its own."""
+    return f"<!-- bench:begin {series} -->", f"<!-- bench:end {series} -->"
 
 
 @dataclass
@@ -230,12 +233,13 @@ def svg_plot(results: Sequence[Result], subtitle: str = "") -> str:
 # -- README ----------------------------------------------------------------------------------------
 
 
-def update_readme(readme: Path, block: str) -> bool:
-    """Replace the text between the bench markers; False when the markers are missing."""
+def update_readme(readme: Path, block: str, series: str) -> bool:
+    """Replace the text between the bench markers of `series`; False when the markers are missing."""
+    begin, end = readme_markers(series)
     text = readme.read_text(encoding="utf-8")
-    pat = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
+    pat = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pat.search(text):
         return False
-    new = pat.sub(lambda _m: f"{README_BEGIN}\n{block.strip()}\n{README_END}", text, count=1)
+    new = pat.sub(lambda _m: f"{begin}\n{block.strip()}\n{end}", text, count=1)
     readme.write_text(new, encoding="utf-8")
     return True
