@@ -86,7 +86,7 @@ def test_table_and_plot_written(quick: tuple[str, Path]) -> None:
     assert "| plain-zstd |" in (results / "latest.md").read_text()
 
 
-def test_compare_a_users_profile_on_q35(tmp_path: Path) -> None:
+def test_compare_a_users_profile_on_q35(tmp_path: Path, kver: str) -> None:
     """qemu/compare.py --profile: the user's profile (zstd stage one, the udev module) built both ways
     and booted on the q35 machine; both reach the real root, and stage two ran udev."""
     profile = tmp_path / "mine.yaml"
@@ -94,7 +94,7 @@ def test_compare_a_users_profile_on_q35(tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
     argv = [
         sys.executable, str(BENCH.parent / "compare.py"), "--profile", profile, "--boots", "1",
-        "--machine", "q35", "--workdir", tmp_path / "work", "--json", out,
+        "--kver", kver, "--machine", "q35", "--workdir", tmp_path / "work", "--json", out,
     ]  # fmt: skip
     cp = run(argv, check=False)
     assert cp.returncode == 0, cp.stderr.decode()[-4000:] + cp.stdout.decode()[-2000:]
