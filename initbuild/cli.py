@@ -181,6 +181,20 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep uid/gid and mtimes of the tree (default: root, SOURCE_DATE_EPOCH)",
     )
+
+    h = add(
+        "install-hooks",
+        "install Debian's kernel hooks (/etc/kernel/postinst.d/initbuild, postrm.d/initbuild)",
+        "Install (or --remove) the hooks Debian's kernel packages run through run-parts:\n"
+        "  /etc/kernel/postinst.d/initbuild  builds initramfs-KVER.img and initoverlayfs-KVER.img\n"
+        "                                    into /boot when a kernel is installed\n"
+        "  /etc/kernel/postrm.d/initbuild    deletes them when the kernel is removed\n"
+        "Both run before GRUB's zz-update-grub. The postinst hook runs this initbuild command.",
+    )
+    h.add_argument(
+        "--root", metavar="DIR", type=Path, default=Path("/"), help="install under DIR (default /)"
+    )
+    h.add_argument("--remove", action="store_true", help="remove the hooks instead")
     return ap
 
 
@@ -239,7 +253,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .build import build
-    from .modules.context import host_kernels
+    from .resolve.kernels import host_kernels
     from .sysroot import Sysroot
 
     profile = _load(args)
@@ -443,6 +457,23 @@ def cmd_erofs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install_hooks(args: argparse.Namespace) -> int:
+    from .hooks import install_hooks, remove_hooks, shadowing_generators
+
+    if args.remove:
+        for change in remove_hooks(args.root):
+            print(change)
+        return EXIT_OK
+    for change in install_hooks(args.root):
+        print(change)
+    for other in shadowing_generators(args.root):
+        log.warning(
+            f"{other} also writes /boot/initrd.img-KVER, which GRUB's update-grub boots in preference "
+            "to initramfs-KVER.img"
+        )
+    return EXIT_OK
+
+
 VERBS = {
     "build": cmd_build,
     "config": cmd_config,
@@ -453,6 +484,7 @@ VERBS = {
     "cat": cmd_cat,
     "unpack": cmd_unpack,
     "erofs": cmd_erofs,
+    "install-hooks": cmd_install_hooks,
 }
 
 

@@ -50,6 +50,11 @@ def kernel_install_plugin() -> Path:
     return _data("kernel-install", "50-initbuild.install")
 
 
+def kernel_hook(name: str) -> Path:
+    """A shipped kernel hook of ``data/kernel-install`` (Debian's ``debian-postinst``, ``debian-postrm``)."""
+    return _data("kernel-install", name)
+
+
 def admin_modules_dir() -> Path:
     return Path(os.environ.get("INITBUILD_ADMIN_MODULES_DIR", str(ADMIN_MODULES_DIR)))
 
