@@ -280,6 +280,50 @@ ib_load_fs() {
     ib_load_wanted
 }
 
+# --- mounting an image file without a loop device -----------------------------------------------
+# busybox mount sets up a loop device for any regular file. IB_MOUNT_FILE is initbuild's own mount(2)
+# program (initbuild/formats/mountprog.py): "mount-file SOURCE TARGET FSTYPE" mounts read-only and
+# exits with 0, the errno of the failed mount(2), or 255 for a wrong argument count.
+IB_MOUNT_FILE=/usr/lib/initbuild/mount-file
+
+# ib_errno STATUS: sets IB_ERRNO to the name and meaning of mount-file's exit status.
+ib_errno() {
+    case "$1" in
+        1) IB_ERRNO="EPERM (operation not permitted)" ;;
+        2) IB_ERRNO="ENOENT (no such file or directory)" ;;
+        5) IB_ERRNO="EIO (input/output error)" ;;
+        6) IB_ERRNO="ENXIO (no such device or address)" ;;
+        12) IB_ERRNO="ENOMEM (cannot allocate memory)" ;;
+        13) IB_ERRNO="EACCES (permission denied)" ;;
+        14) IB_ERRNO="EFAULT (bad address)" ;;
+        15) IB_ERRNO="ENOTBLK (block device required)" ;;
+        16) IB_ERRNO="EBUSY (device or resource busy)" ;;
+        19) IB_ERRNO="ENODEV (no such device: a filesystem type the kernel does not know)" ;;
+        20) IB_ERRNO="ENOTDIR (not a directory)" ;;
+        22) IB_ERRNO="EINVAL (invalid argument)" ;;
+        24) IB_ERRNO="EMFILE (too many open files)" ;;
+        30) IB_ERRNO="EROFS (read-only file system)" ;;
+        36) IB_ERRNO="ENAMETOOLONG (file name too long)" ;;
+        40) IB_ERRNO="ELOOP (too many levels of symbolic links)" ;;
+        95) IB_ERRNO="EOPNOTSUPP (operation not supported)" ;;
+        117) IB_ERRNO="EUCLEAN (structure needs cleaning: a corrupt filesystem)" ;;
+        126) IB_ERRNO="the shell cannot execute $IB_MOUNT_FILE" ;;
+        127) IB_ERRNO="$IB_MOUNT_FILE is missing" ;;
+        255) IB_ERRNO="$IB_MOUNT_FILE: wrong number of arguments" ;;
+        *) IB_ERRNO="errno $1" ;;
+    esac
+}
+
+# ib_mount_file SOURCE TARGET FSTYPE: mount(2) read-only with no loop device; on failure, IB_ERRNO
+# names the error.
+ib_mount_file() {
+    "$IB_MOUNT_FILE" "$1" "$2" "$3"
+    _ib_rc=$?
+    [ "$_ib_rc" -eq 0 ] && return 0
+    ib_errno "$_ib_rc"
+    return 1
+}
+
 # Storage devices that no driver claimed: what is missing when a disk never shows up.
 ib_unclaimed() {
     _ib_u=
