@@ -21,18 +21,11 @@ from oracles import CLI_DECOMPRESS, COMPRESSED
 from initbuild.errors import FormatError
 from initbuild.formats import compress
 from initbuild.formats.compress import Compression
-from initbuild.formats.cpio import (
-    HEADER_SIZE,
-    NEWC_MAGIC,
-    TRAILER,
-    CpioOptions,
-    CpioReader,
-    NewcHeader,
-    Segment,
-    write_cpio,
-    write_initramfs,
-)
-from initbuild.formats.inspect import Member, unpack
+from initbuild.formats.cpio.newc import HEADER_SIZE, NEWC_MAGIC, TRAILER, NewcHeader
+from initbuild.formats.cpio.reader import CpioReader
+from initbuild.formats.cpio.writer import CpioOptions, Segment, write_cpio, write_initramfs
+from initbuild.formats.inspect import unpack
+from initbuild.formats.member import Member
 from initbuild.manifest import Entry, Kind, Manifest, from_tree
 from initbuild.run import have_tool, run
 from initbuild.sysroot import Sysroot

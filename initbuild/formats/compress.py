@@ -27,7 +27,6 @@ decompressors (lib/decompress_*.c, picked by magic in lib/decompress.c) accept:
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import lzma
 import os
@@ -38,7 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol
 
 import lz4.block  # type: ignore[import-untyped]
 import zstandard
@@ -59,21 +58,12 @@ class Compression(StrEnum):
         return _MAGIC[self]
 
     @property
-    def extension(self) -> str:
-        return _EXTENSION[self]
-
-    @property
     def default_level(self) -> int:
         return _DEFAULT_LEVEL[self]
 
     @property
     def levels(self) -> range:
         return _LEVELS[self]
-
-    @property
-    def kernel_config(self) -> str | None:
-        """The kernel option that must be enabled for the kernel to unpack this format."""
-        return _KERNEL_CONFIG[self]
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -87,13 +77,6 @@ _MAGIC = {
     Compression.XZ: XZ_MAGIC,
     Compression.ZSTD: ZSTD_MAGIC,
     Compression.LZ4: LZ4_LEGACY_MAGIC,
-}
-_EXTENSION = {
-    Compression.NONE: "",
-    Compression.GZIP: ".gz",
-    Compression.XZ: ".xz",
-    Compression.ZSTD: ".zst",
-    Compression.LZ4: ".lz4",
 }
 _DEFAULT_LEVEL = {
     Compression.NONE: 0,
@@ -109,14 +92,6 @@ _LEVELS = {
     Compression.ZSTD: range(1, 23),
     Compression.LZ4: range(1, 13),
 }
-_KERNEL_CONFIG = {
-    Compression.NONE: None,
-    Compression.GZIP: "CONFIG_RD_GZIP",
-    Compression.XZ: "CONFIG_RD_XZ",
-    Compression.ZSTD: "CONFIG_RD_ZSTD",
-    Compression.LZ4: "CONFIG_RD_LZ4",
-}
-
 # lz4 legacy framing (lib/decompress_unlz4.c: LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE; lz4io.c: LEGACY_BLOCKSIZE)
 LZ4_LEGACY_BLOCK_SIZE = 8 << 20
 LZ4_HC_MIN_LEVEL = 3  # below this, lz4io uses the fast compressor, as we do
@@ -401,76 +376,3 @@ def decompress_all(data: bytes) -> bytes:
     if any(data[dec.end :]):
         raise FormatError("trailing garbage after the compressed stream", offset=dec.end)
     return bytes(dec.data)
-
-
-class _Lz4LegacyReader(io.RawIOBase):
-    """Streaming reader of the lz4 legacy format (one block in memory at a time)."""
-
-    def __init__(self, src: BinaryIO):
-        super().__init__()
-        self._src = src
-        self._buf = b""
-        self._pos = 0
-        self._offset = 0
-        self._done = False
-        magic = self._take(4)
-        if magic != LZ4_LEGACY_MAGIC:
-            raise FormatError("not an lz4 legacy stream", offset=0, field="magic")
-
-    def _take(self, n: int) -> bytes:
-        data = self._src.read(n)
-        self._offset += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def _next_block(self) -> None:
-        while True:
-            head = self._take(4)
-            if len(head) < 4 or head == LZ4_END_OF_STREAM:
-                self._done = True
-                return
-            if head != LZ4_LEGACY_MAGIC:
-                break
-        (chunk,) = _LE32.unpack(head)
-        if chunk > LZ4_MAX_CHUNK:
-            raise FormatError(f"lz4 chunk size {chunk} is too large", offset=self._offset - 4)
-        block = self._take(chunk)
-        if len(block) < chunk:
-            raise FormatError("lz4 chunk is truncated", offset=self._offset - len(block) - 4)
-        try:
-            self._buf = lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK_SIZE)
-        except lz4.block.LZ4BlockError as e:
-            raise FormatError(f"corrupt lz4 block: {e}", offset=self._offset - chunk - 4) from e
-        self._pos = 0
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        while self._pos >= len(self._buf) and not self._done:
-            self._next_block()
-        n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-
-def open_decompressor(src: bytes | BinaryIO) -> BinaryIO:
-    """A readable stream of the decompressed content of `src` (bytes or a readable binary stream).
-
-    The format is detected from the magic; data without a known magic is returned unchanged.
-    Corrupt data raises FormatError (lz4) or the library's error (zlib.error, lzma.LZMAError,
-    zstandard.ZstdError) while reading; use `decompress_stream` for checked whole-buffer decoding.
-    """
-    stream = io.BytesIO(bytes(src)) if isinstance(src, bytes | bytearray) else src
-    reader = io.BufferedReader(cast(io.RawIOBase, stream), COPY_CHUNK)
-    compression = detect(reader.peek(8)[:8])
-    if compression is None:
-        return cast(BinaryIO, reader)
-    if compression is Compression.GZIP:
-        return cast(BinaryIO, gzip.GzipFile(fileobj=reader, mode="rb"))
-    if compression is Compression.XZ:
-        return cast(BinaryIO, lzma.LZMAFile(reader, "rb"))
-    if compression is Compression.ZSTD:
-        zreader = zstandard.ZstdDecompressor().stream_reader(reader, read_across_frames=True)
-        return cast(BinaryIO, io.BufferedReader(cast(io.RawIOBase, zreader), COPY_CHUNK))
-    return cast(BinaryIO, io.BufferedReader(_Lz4LegacyReader(cast(BinaryIO, reader)), COPY_CHUNK))

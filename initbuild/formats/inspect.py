@@ -1,48 +1,21 @@
-"""Reading built images: one Member type and one safe `unpack` for cpio and EROFS readers alike.
+"""What is this file: open a built image with the right reader, find a path in it, unpack it safely.
 
-A reader is any object with `members()` (an iterator of Member, parents before children) and
-`read(member)` (the member's bytes). `open_image(path)` picks the reader from the file's magic.
+Readers yield `Member`s (member.py); this module is the only one in formats/ that knows every reader.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from ..errors import FormatError, InitbuildError
 from ..manifest import Kind, PathError, check_dest
+from .cpio.reader import CpioReader
+from .erofs.format import EROFS_SUPER_MAGIC_V1, EROFS_SUPER_OFFSET
+from .erofs.reader import ErofsReader
+from .member import ImageReader, Member
 
-
-@dataclass(frozen=True)
-class Member:
-    path: str  # normalised image path, "/" for the root
-    kind: Kind  # FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCK, FIFO, SOCKET
-    mode: int  # permission bits
-    uid: int = 0
-    gid: int = 0
-    size: int = 0  # content bytes (FILE), link length (SYMLINK)
-    mtime: int = 0
-    nlink: int = 1
-    ino: int = 0  # inode number in the image (EROFS nid, cpio c_ino)
-    target: str | None = None  # SYMLINK text; HARDLINK: path of the first name of the inode
-    rdev: tuple[int, int] | None = None
-
-    def ls_line(self) -> str:
-        t = stat.filemode(self.kind.s_ifmt | self.mode)
-        size = f"{self.rdev[0]},{self.rdev[1]}" if self.rdev else str(self.size)
-        tail = f" -> {self.target}" if self.kind is Kind.SYMLINK else ""
-        tail = f" link to {self.target}" if self.kind is Kind.HARDLINK else tail
-        return f"{t} {self.nlink:3d} {self.uid:5d} {self.gid:5d} {size:>10} {self.path}{tail}"
-
-
-class ImageReader(Protocol):
-    def members(self) -> Iterator[Member]: ...
-
-    def read(self, member: Member) -> bytes: ...
+_EROFS_MAGIC = EROFS_SUPER_MAGIC_V1.to_bytes(4, "little")
 
 
 def open_image(path: str | os.PathLike[str]) -> ImageReader:
@@ -50,15 +23,11 @@ def open_image(path: str | os.PathLike[str]) -> ImageReader:
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            head = f.read(1024 + 4)
+            head = f.read(EROFS_SUPER_OFFSET + len(_EROFS_MAGIC))
     except OSError as e:
         raise InitbuildError(f"cannot open {p}: {e.strerror}") from e
-    if len(head) >= 1028 and head[1024:1028] == b"\xe2\xe1\xf5\xe0":
-        from .erofs.reader import ErofsReader
-
+    if head[EROFS_SUPER_OFFSET:] == _EROFS_MAGIC:
         return ErofsReader(p)
-    from .cpio import CpioReader
-
     return CpioReader(p)
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from initbuild import run
+from initbuild.formats.erofs.compressor import lz4_compressor
 from initbuild.formats.erofs.reader import ErofsReader
-from initbuild.formats.erofs.writer import ErofsOptions, ErofsStats, _compressor, write_erofs
-from initbuild.formats.inspect import Member
+from initbuild.formats.erofs.writer import ErofsOptions, ErofsStats, write_erofs
+from initbuild.formats.member import Member
 from initbuild.manifest import Kind, Manifest, from_tree, open_entry
 from initbuild.sysroot import Sysroot
 
@@ -38,7 +39,7 @@ def build(manifest: Manifest, sysroot: Sysroot, image: Path, **options: object) 
 
 def fsck_extract(image: Path, dest: Path | None = None) -> str:
     """Run fsck.erofs --extract; fail on a non-zero exit *or* any <E> line (fsck exits 0 on a bad
-    superblock checksum, notes §9.1)."""
+    superblock checksum, docs/erofs-format.md §9)."""
     argv = ["fsck.erofs", f"--extract={dest}" if dest else "--extract", str(image)]
     cp = run.run(argv, check=False)
     out = (cp.stdout + cp.stderr).decode(errors="replace")
@@ -155,8 +156,8 @@ class WithoutRoot:
 
 def _tuned_file(options: ErofsOptions, lclusters: int, seed: int) -> bytes:
     """A file that is one segment whose LZ4 output is an exact multiple of 4096 bytes: the
-    compressed data then has no zero padding at all (boundary case of notes §7.6)."""
-    compress = _compressor(options)
+    compressed data then has no zero padding at all (boundary case of docs/erofs-format.md §7.6)."""
+    compress = lz4_compressor(options.compression, options.level)
     assert compress is not None
     noise = random.Random(seed).randbytes(lclusters * 4096)
     size, target = lclusters * 4096, 3 * 4096

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from initbuild.formats.erofs.compressor import Compress, lz4_compressor, segment
+from initbuild.formats.erofs.data import CHUNK_LCLUSTERS
 from initbuild.formats.erofs.format import BLOCK_SIZE
 from initbuild.formats.erofs.reader import ErofsReader
-from initbuild.formats.erofs.writer import CHUNK_LCLUSTERS, ErofsOptions, _compressor, segment
+from initbuild.formats.erofs.writer import ErofsOptions
 
 from .conftest import (
     BUILD_TIME,
@@ -28,9 +30,17 @@ TEXT = b"".join(b"line %d of a fairly compressible text\n" % i for i in range(60
 NOISE = RND.randbytes(1 << 20)
 
 
+def _default_compressor() -> Compress:
+    """The LZ4 compressor of the default ErofsOptions (lz4hc)."""
+    options = ErofsOptions()
+    compress = lz4_compressor(options.compression, options.level)
+    assert compress is not None
+    return compress
+
+
 def _one_byte_tail() -> bytes:
     """Text then noise, cut so that the file ends in a 1-byte PLAIN extent."""
-    compress = _compressor(ErofsOptions())
+    compress = _default_compressor()
     base = TEXT[:150_000] + NOISE[:20_000]
     for extra in range(0, 40 * BLOCK_SIZE, 97):
         data = base + NOISE[20_000 : 20_000 + extra]
@@ -50,7 +60,7 @@ def _one_byte_tail() -> bytes:
 def _plain_into_last_lcluster() -> bytes:
     """Text then noise, cut so that the shifted PLAIN run's last block starts in the lcluster
     before the last one and ends at EOF in the last one."""
-    compress = _compressor(ErofsOptions())
+    compress = _default_compressor()
     data = TEXT[:150_000] + NOISE[: 20 * BLOCK_SIZE]
     end = segment(data, compress, 16)[0][0].length  # the first extent, followed by PLAIN
     ofs = end % BLOCK_SIZE
@@ -133,7 +143,7 @@ def test_fixed_output_layouts(layout_tree: Path, tmp_path: Path, pcluster: int) 
 
 
 def test_segment_is_deterministic_and_fills_pclusters() -> None:
-    compress = _compressor(ErofsOptions())
+    compress = _default_compressor()
     data = TEXT[:400_000] + NOISE[:30_000] + TEXT[:100_000]
     a = segment(data, compress, 16)
     assert a == segment(bytes(data), compress, 16)

@@ -19,8 +19,9 @@ from initbuild.manifest import Entry, Kind
 
 
 def test_crc32c_and_rdev_vectors() -> None:
-    assert fmt.erofs_crc32c(b"123456789") == 0x1CF96D7C  # notes §2: no final xor
-    assert fmt.encode_rdev(4, 65) == 0x441 and fmt.encode_rdev(259, 300) == 0x11032C  # notes §3.5
+    assert fmt.erofs_crc32c(b"123456789") == 0x1CF96D7C  # docs/erofs-format.md §2: no final xor
+    # docs/erofs-format.md §3.5
+    assert fmt.encode_rdev(4, 65) == 0x441 and fmt.encode_rdev(259, 300) == 0x11032C
     assert fmt.decode_rdev(0x11032C) == (259, 300)
     assert [fmt.i_format(v, lay) for v, lay in ((0, 2), (0, 0), (0, 3), (0, 1), (1, 2))] == [4, 0, 6, 2, 5]
 
@@ -33,7 +34,7 @@ def test_dir_blocks_never_split_an_entry() -> None:
     for c in counts:
         assert sum(12 + len(n) for n in names[i : i + c]) <= 4096
         i += c
-    assert names[:3] == [b"!a", b".", b".."]  # "!" sorts before "." (notes §5.3)
+    assert names[:3] == [b"!a", b".", b".."]  # "!" sorts before "." (docs/erofs-format.md §5.3)
     with pytest.raises(FormatError):
         pack_dir_blocks([b"x" * 256])
 
@@ -53,14 +54,14 @@ def test_inline_tail_rule() -> None:
     n = Node(0, Entry("/f", Kind.FILE, 0o644, data=b""), size=4096 + 4000)
     assert n.inline_tail_len() == 4000  # 32 + 4000 <= 4096
     n.size = 8192
-    assert n.inline_tail_len() == 0  # whole blocks never inline (notes §4.2)
+    assert n.inline_tail_len() == 0  # whole blocks never inline (docs/erofs-format.md §4.2)
     n.size, n.extended = 4064, True
     assert n.inline_tail_len() == 0  # 64 + 4064 > 4096
 
 
 def test_xattr_area_encoding() -> None:
     area = xattr_area(Entry("/f", Kind.FILE, 0o644, data=b"", xattrs=(("user.foo", b"bar"),)))
-    assert area == bytes(12) + b"\x03\x01\x03\x00foobar\0\0"  # as mkfs 1.5 writes it (notes §6.2)
+    assert area == bytes(12) + b"\x03\x01\x03\x00foobar\0\0"  # mkfs 1.5 (docs/erofs-format.md §6.2)
     with pytest.raises(FormatError, match="/f"):
         xattr_area(Entry("/f", Kind.FILE, 0o644, data=b"", xattrs=(("os2.x", b""),)))
 

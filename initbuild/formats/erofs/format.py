@@ -1,17 +1,18 @@
 """EROFS on-disk structures and constants, named after the kernel's fs/erofs/erofs_fs.h.
 
-Only what a Linux 6.1 reader accepts is described here (see ../shared/erofs-format.md, next to the
-project, cited as "notes §N"). All integers are little-endian. Nothing in this module does I/O.
+Only what a Linux 6.1 reader accepts is described here; docs/erofs-format.md explains it (cited as
+"§N" of that document). All integers are little-endian. Nothing in this module does I/O.
 """
 
 from __future__ import annotations
 
+import stat
 import struct
 
-# -- global geometry (notes §1) --------------------------------------------------------------------
+# -- global geometry (docs/erofs-format.md §1) -----------------------------------------------------
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024  # the superblock starts 1 KiB into block 0 (room for a boot sector)
-BLKSZBITS = 12  # 6.1 only decompresses when the block size equals PAGE_SIZE (notes §1)
+BLKSZBITS = 12  # 6.1 only decompresses when the block size equals PAGE_SIZE (docs/erofs-format.md §1)
 BLOCK_SIZE = 1 << BLKSZBITS
 EROFS_NULL_ADDR = 0xFFFFFFFF  # "no block" in raw_blkaddr
 ISLOTBITS = 5  # inodes sit in 32-byte slots: iloc = meta_blkaddr * BLOCK_SIZE + nid * 32
@@ -19,7 +20,7 @@ ISLOT_SIZE = 1 << ISLOTBITS
 EROFS_NAME_LEN = 255
 CHECKSUMMED_BYTES = BLOCK_SIZE - EROFS_SUPER_OFFSET  # the sb checksum covers bytes 1024..4095
 
-# -- feature bits (notes §2) -----------------------------------------------------------------------
+# -- feature bits (docs/erofs-format.md §2) --------------------------------------------------------
 EROFS_FEATURE_COMPAT_SB_CHKSUM = 0x1
 EROFS_FEATURE_COMPAT_MTIME = 0x2  # informational: inode timestamps are mtimes (mkfs 1.5 sets it)
 EROFS_FEATURE_INCOMPAT_ZERO_PADDING = 0x1  # a.k.a. LZ4_0PADDING: compressed data right-aligned
@@ -29,20 +30,12 @@ EROFS_FEATURE_INCOMPAT_CHUNKED_FILE = 0x4
 EROFS_FEATURE_INCOMPAT_DEVICE_TABLE = 0x8
 EROFS_FEATURE_INCOMPAT_ZTAILPACKING = 0x10
 EROFS_FEATURE_INCOMPAT_FRAGMENTS = 0x20
-# Bits a Linux 6.1 kernel accepts without an EXPERIMENTAL warning and fsck.erofs 1.5 understands.
-INCOMPAT_SUPPORTED_6_1 = (
-    EROFS_FEATURE_INCOMPAT_ZERO_PADDING
-    | EROFS_FEATURE_INCOMPAT_COMPR_CFGS
-    | EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
-)
-# Bits the reader understands (it decodes neither device tables nor tail packing nor fragments).
-INCOMPAT_READABLE = INCOMPAT_SUPPORTED_6_1
 
 Z_EROFS_COMPRESSION_LZ4 = 0
-LZ4_MAX_DISTANCE = 0xFFFF  # never declare less than the compressor's real window (notes §7.9)
+LZ4_MAX_DISTANCE = 0xFFFF  # never declare less than the compressor's real window (docs/erofs-format.md §7.9)
 Z_EROFS_PCLUSTER_MAX_BLOCKS = 256  # max_pclusterblks upper bound (1 MiB)
 
-# -- superblock (notes §2): struct erofs_super_block -----------------------------------------------
+# -- superblock (docs/erofs-format.md §2): struct erofs_super_block --------------------------------
 SUPERBLOCK = struct.Struct(
     "<"
     "I"  # 0x00 magic
@@ -71,7 +64,7 @@ SUPERBLOCK = struct.Struct(
 assert SUPERBLOCK.size == 128
 SB_CHECKSUM_OFFSET = 4  # relative to EROFS_SUPER_OFFSET
 
-# LZ4 compression config record right after the superblock, at byte 1152 (notes §2).
+# LZ4 compression config record right after the superblock, at byte 1152 (docs/erofs-format.md §2).
 # le16 record length (14), then struct z_erofs_lz4_cfgs.
 COMPR_CFGS_OFFSET = EROFS_SUPER_OFFSET + SUPERBLOCK.size
 Z_EROFS_LZ4_CFGS = struct.Struct(
@@ -84,7 +77,7 @@ Z_EROFS_LZ4_CFGS = struct.Struct(
 assert Z_EROFS_LZ4_CFGS.size == 16
 LZ4_CFGS_PAYLOAD = 14
 
-# -- inodes (notes §3) -----------------------------------------------------------------------------
+# -- inodes (docs/erofs-format.md §3) --------------------------------------------------------------
 EROFS_INODE_LAYOUT_COMPACT = 0
 EROFS_INODE_LAYOUT_EXTENDED = 1
 EROFS_INODE_FLAT_PLAIN = 0
@@ -148,7 +141,7 @@ def i_format_datalayout(fmt: int) -> int:
 
 
 def encode_rdev(major: int, minor: int) -> int:
-    """Linux new_encode_dev(), the encoding 6.1 decodes from i_u (notes §3.5)."""
+    """Linux new_encode_dev(), the encoding 6.1 decodes from i_u (docs/erofs-format.md §3.5)."""
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
 
 
@@ -159,7 +152,7 @@ def decode_rdev(dev: int) -> tuple[int, int]:
     return major, minor
 
 
-# -- directories (notes §5) ------------------------------------------------------------------------
+# -- directories (docs/erofs-format.md §5) ---------------------------------------------------------
 DIRENT = struct.Struct(
     "<"
     "Q"  # 0 nid
@@ -178,8 +171,18 @@ EROFS_FT_FIFO = 5
 EROFS_FT_SOCK = 6
 EROFS_FT_SYMLINK = 7
 EROFS_FT_MAX = 8
+# The file type of a dirent for the S_IFMT bits of i_mode (the kernel's fs_umode_to_ftype()).
+EROFS_FT_OF_S_IFMT = {
+    stat.S_IFREG: EROFS_FT_REG_FILE,
+    stat.S_IFDIR: EROFS_FT_DIR,
+    stat.S_IFCHR: EROFS_FT_CHRDEV,
+    stat.S_IFBLK: EROFS_FT_BLKDEV,
+    stat.S_IFIFO: EROFS_FT_FIFO,
+    stat.S_IFSOCK: EROFS_FT_SOCK,
+    stat.S_IFLNK: EROFS_FT_SYMLINK,
+}
 
-# -- extended attributes (notes §6) ----------------------------------------------------------------
+# -- extended attributes (docs/erofs-format.md §6) -------------------------------------------------
 XATTR_IBODY_HEADER = struct.Struct(
     "<"
     "I"  # 0 h_reserved (name filter in newer kernels; 0 is safe)
@@ -202,7 +205,7 @@ EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT = 3
 EROFS_XATTR_INDEX_TRUSTED = 4
 EROFS_XATTR_INDEX_LUSTRE = 5  # no handler in 6.1: never written
 EROFS_XATTR_INDEX_SECURITY = 6
-# (index, prefix, whole-name-is-the-prefix). ACL names have an empty suffix (notes §6.2).
+# (index, prefix, whole-name-is-the-prefix). ACL names have an empty suffix (docs/erofs-format.md §6.2).
 XATTR_PREFIXES: tuple[tuple[int, str, bool], ...] = (
     (EROFS_XATTR_INDEX_USER, "user.", False),
     (EROFS_XATTR_INDEX_POSIX_ACL_ACCESS, "system.posix_acl_access", True),
@@ -214,11 +217,11 @@ XATTR_PREFIX_BY_INDEX = {i: p for i, p, _ in XATTR_PREFIXES}
 
 
 def xattr_ibody_size(icount: int) -> int:
-    """Inline xattr area size for i_xattr_icount (notes §6.1); icount 1 is invalid."""
+    """Inline xattr area size for i_xattr_icount (docs/erofs-format.md §6.1); icount 1 is invalid."""
     return 0 if icount == 0 else XATTR_IBODY_HEADER.size + 4 * (icount - 1)
 
 
-# -- compressed files (notes §7) -------------------------------------------------------------------
+# -- compressed files (docs/erofs-format.md §7) ----------------------------------------------------
 Z_EROFS_MAP_HEADER = struct.Struct(
     "<"
     "I"  # 0 h_reserved1 / h_idata_size (0: no ztailpacking, no fragments)
@@ -233,7 +236,8 @@ Z_EROFS_ADVISE_BIG_PCLUSTER_2 = 0x4
 Z_EROFS_ADVISE_INLINE_PCLUSTER = 0x8
 Z_EROFS_ADVISE_INTERLACED_PCLUSTER = 0x10
 Z_EROFS_ADVISE_FRAGMENT_PCLUSTER = 0x20
-Z_EROFS_FULL_INDEX_ALIGN_RESERVED = 8  # FULL indexes start at ALIGN(end, 8) + header + 8 (notes §7.2)
+# FULL indexes start at ALIGN(end, 8) + header + 8 (docs/erofs-format.md §7.2)
+Z_EROFS_FULL_INDEX_ALIGN_RESERVED = 8
 
 # struct z_erofs_vle_decompressed_index (FULL, 8 bytes per lcluster)
 Z_EROFS_VLE_DECOMPRESSED_INDEX = struct.Struct(
@@ -256,7 +260,7 @@ COMPACT_2B_VCNT = 16  # entries per 32-byte pack
 COMPACT_2B_PACK = 32
 
 
-# -- CRC32C (notes §2 "Superblock checksum") -------------------------------------------------------
+# -- CRC32C (docs/erofs-format.md §2, checksum) ----------------------------------------------------
 def _crc32c_table() -> tuple[int, ...]:
     table = []
     for n in range(256):

@@ -3,7 +3,7 @@
 Nothing here reads file contents or writes bytes except small encodings (xattr areas) that
 determine sizes. The writer (writer.py) feeds these plans with compression results and serialises.
 
-Image shape chosen by initbuild (notes §8 allows any order of metadata and data):
+Image shape chosen by initbuild (docs/erofs-format.md §8 allows any order of metadata and data):
 
     block 0            superblock (+ LZ4 config record)
     blocks 1..D        file data, streamed in canonical path order while compressing
@@ -25,13 +25,10 @@ from .format import (
     COMPACT_MAX,
     COMPACT_MAX_SIZE,
     DIRENT,
-    EROFS_FT_BLKDEV,
-    EROFS_FT_CHRDEV,
-    EROFS_FT_DIR,
-    EROFS_FT_FIFO,
-    EROFS_FT_REG_FILE,
-    EROFS_FT_SOCK,
-    EROFS_FT_SYMLINK,
+    EROFS_FT_OF_S_IFMT,
+    EROFS_INODE_COMPRESSED_COMPACT,
+    EROFS_INODE_FLAT_INLINE,
+    EROFS_INODE_FLAT_PLAIN,
     EROFS_NAME_LEN,
     INODE_COMPACT,
     INODE_EXTENDED,
@@ -42,19 +39,11 @@ from .format import (
     XATTR_PREFIXES,
     Z_EROFS_MAP_HEADER,
 )
-from .zmap import compact_index_size
+from .zmap import Pcluster, compact_index_size
 
-FILE_TYPE = {
-    Kind.FILE: EROFS_FT_REG_FILE,
-    Kind.DIR: EROFS_FT_DIR,
-    Kind.SYMLINK: EROFS_FT_SYMLINK,
-    Kind.CHAR: EROFS_FT_CHRDEV,
-    Kind.BLOCK: EROFS_FT_BLKDEV,
-    Kind.FIFO: EROFS_FT_FIFO,
-    Kind.SOCKET: EROFS_FT_SOCK,
-}
 MAX_XATTR_VALUE = 0xFFFF  # e_value_size is le16
 MAX_XATTR_ICOUNT = 0xFFFF  # i_xattr_icount is le16
+USE_COMPACT_2B = True  # 2-byte compact index packs, as mkfs.erofs 1.5 writes (docs/erofs-format.md §7.4)
 
 
 def align(n: int, a: int) -> int:
@@ -86,12 +75,12 @@ class Node:
 
     @property
     def file_type(self) -> int:
-        return FILE_TYPE[self.entry.kind]
+        return EROFS_FT_OF_S_IFMT[self.entry.kind.s_ifmt]
 
     def inline_tail_len(self) -> int:
         """Bytes of the last partial block if they may be stored after the inode, else 0.
 
-        FLAT_INLINE needs inode + xattrs + tail inside one block (notes §4.2); a size that is a
+        FLAT_INLINE needs inode + xattrs + tail inside one block (docs/erofs-format.md §4.2); a size that is a
         multiple of the block size never inlines.
         """
         tail = self.size % BLOCK_SIZE
@@ -134,13 +123,13 @@ def collect_nodes(manifest: Manifest, build_time: int, sizes: dict[str, int]) ->
         if e.kind is Kind.HARDLINK:
             nodes[idx].nlink += 1
         elif e.kind is Kind.DIR:
-            nodes[parent].nlink += 1  # each subdirectory's ".." (notes §3.6)
+            nodes[parent].nlink += 1  # each subdirectory's ".." (docs/erofs-format.md §3.6)
     for d, kids in children.items():
         node = nodes[d]
         node.nlink += 1  # "." and the parent's entry: a directory starts at 2
         parent = by_path[node.entry.parent] if d else 0
         kids += [(b".", d), (b"..", parent)]
-        kids.sort()  # global bytewise order, "." and ".." included (notes §5.3)
+        kids.sort()  # global bytewise order, "." and ".." included (docs/erofs-format.md §5.3)
         node.dirents = kids
         node.dir_blocks = pack_dir_blocks([name for name, _ in kids])
         node.size = dir_size([name for name, _ in kids], node.dir_blocks)
@@ -155,7 +144,7 @@ def collect_nodes(manifest: Manifest, build_time: int, sizes: dict[str, int]) ->
     return nodes
 
 
-# -- directories (notes §5.2) -----------------------------------------------------------------------
+# -- directories (docs/erofs-format.md §5.2) -------------------------------------------------------
 
 
 def pack_dir_blocks(names: Sequence[bytes]) -> list[int]:
@@ -180,7 +169,7 @@ def dir_size(names: Sequence[bytes], counts: Sequence[int]) -> int:
     return (len(counts) - 1) * BLOCK_SIZE + sum(DIRENT.size + len(n) for n in last)
 
 
-# -- extended attributes (notes §6) -----------------------------------------------------------------
+# -- extended attributes (docs/erofs-format.md §6) -------------------------------------------------
 
 
 def xattr_area(entry: Entry) -> bytes:
@@ -212,7 +201,7 @@ def _xattr_key(path: str, name: str) -> tuple[int, bytes]:
     )
 
 
-# -- inode records and their placement in the metadata area (notes §8) -----------------------------
+# -- inode records and their placement in the metadata area (docs/erofs-format.md §8) --------------
 
 
 def xattr_icount(xattrs: bytes) -> int:
@@ -220,7 +209,7 @@ def xattr_icount(xattrs: bytes) -> int:
 
 
 def compressed_meta_offset(node: Node) -> int:
-    """Offset of z_erofs_map_header inside the record: ALIGN(inode end, 8) (notes §7.2)."""
+    """Offset of z_erofs_map_header inside the record: ALIGN(inode end, 8) (docs/erofs-format.md §7.2)."""
     return align(node.inode_size + len(node.xattrs), 8)
 
 
@@ -241,9 +230,9 @@ class MetaAllocator:
     """First-fit placement of records into 4 KiB blocks, 32-byte aligned (inode slots).
 
     A record of up to one block never crosses a block boundary, which satisfies the inline-tail
-    rule of notes §4.2 and keeps extended inodes whole. Bigger records (long block maps) start a
-    fresh run of blocks. Only the last `window` partially filled blocks are searched, which keeps
-    placement linear in the number of records.
+    rule of docs/erofs-format.md §4.2 and keeps extended inodes whole. Bigger records (long block
+    maps) start a fresh run of blocks. Only the last `window` partially filled blocks are searched,
+    which keeps placement linear in the number of records.
     """
 
     def __init__(self, window: int = 32):
@@ -274,3 +263,51 @@ class MetaAllocator:
             del self.open[k]
         else:
             self.open[k] = (block, used)
+
+
+# -- choosing each inode's layout (docs/erofs-format.md §4.4) ---------------------------------
+
+
+@dataclass(slots=True)
+class Placement:
+    """Where a FILE/SYMLINK inode's data went (phase 1 of the writer, data.py)."""
+
+    layout: int = EROFS_INODE_FLAT_PLAIN
+    raw_blkaddr: int = 0  # FLAT_*: first full block; COMPRESSED: first pcluster block
+    blocks: int = 0  # physical blocks used in the data area
+    tail: bytes = b""  # FLAT_INLINE tail
+    pclusters: list[Pcluster] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Record:
+    """An inode record in the metadata area; raw_blkaddr and tail are set once data is placed."""
+
+    offset: int  # from the start of the metadata area
+    layout: int
+    tail: bytes = b""
+    raw_blkaddr: int = 0
+    totalidx: int | None = None
+
+
+def plan_records(nodes: list[Node], placements: dict[int, Placement]) -> tuple[list[Record], int]:
+    """Choose each inode's layout and place its record; returns records and metadata blocks."""
+    alloc = MetaAllocator()
+    records = []
+    for n in nodes:
+        p = placements.get(n.index)
+        totalidx = None
+        tail = 0
+        if p is not None and p.layout == EROFS_INODE_COMPRESSED_COMPACT:
+            totalidx = -(-n.size // BLOCK_SIZE)
+            layout = p.layout
+        elif p is not None:
+            layout, tail = p.layout, len(p.tail)
+        elif n.entry.kind is Kind.DIR:
+            tail = n.inline_tail_len()
+            layout = EROFS_INODE_FLAT_INLINE if tail else EROFS_INODE_FLAT_PLAIN
+        else:
+            layout = EROFS_INODE_FLAT_PLAIN
+        off = alloc.place(record_size(n, tail, totalidx, USE_COMPACT_2B))
+        records.append(Record(off, layout, totalidx=totalidx))
+    return records, alloc.nblocks

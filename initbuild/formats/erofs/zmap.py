@@ -60,7 +60,7 @@ class Lcluster:
 
 
 def lclusters_of(pclusters: Sequence[Pcluster], first_block: int) -> list[Lcluster]:
-    """Index entries for pclusters stored contiguously from `first_block` (notes §7.4-7.8).
+    """Index entries for pclusters stored contiguously from `first_block` (docs/erofs-format.md §7.4-7.8).
 
     The lcluster holding the first byte of an extent is that extent's HEAD/PLAIN, with
     `clusterofs` = the extent's offset in it; the bytes before that offset belong to the previous
@@ -104,7 +104,7 @@ def lclusters_of(pclusters: Sequence[Pcluster], first_block: int) -> list[Lclust
         assert nxt - lcn - 1 <= MAX_DELTA, ("extent too long for delta", lcn)
         out.append(Lcluster(Z_EROFS_VLE_CLUSTER_TYPE_HEAD, clusterofs=clusterofs, pblk=hpblk))
         for j in range(lcn + 1, nxt):
-            # CBLKCNT is mandatory on the first NONHEAD in big-pcluster mode (notes §7.5)
+            # CBLKCNT is mandatory on the first NONHEAD in big-pcluster mode (docs/erofs-format.md §7.5)
             out.append(
                 Lcluster(
                     Z_EROFS_VLE_CLUSTER_TYPE_NONHEAD,
@@ -203,7 +203,7 @@ def encode_compact(entries: Sequence[Lcluster], ebase: int, use_2b: bool) -> byt
             elif e.cblkcnt:
                 lo = Z_EROFS_VLE_DI_D0_CBLKCNT | e.cblkcnt
             else:
-                # the last entry of a pack stores delta[1], not delta[0] (notes §7.4)
+                # the last entry of a pack stores delta[1], not delta[0] (docs/erofs-format.md §7.4)
                 lo = e.d1 if i == vcnt - 1 else e.d0
                 assert 1 <= lo <= MAX_DELTA, (lcn, e)
             types.append(e.type)
@@ -221,7 +221,7 @@ def encode_compact(entries: Sequence[Lcluster], ebase: int, use_2b: bool) -> byt
     return bytes(out)
 
 
-# -- decoding ---------------------------------------------------------------------------------------
+# -- decoding --------------------------------------------------------------------------------------
 
 
 def decode_full(buf: bytes, totalidx: int, big: bool, pos: int = 0) -> list[Lcluster]:
@@ -337,7 +337,7 @@ def extents_of(entries: Sequence[Lcluster], size: int, big: bool) -> list[Extent
         e = entries[lcn]
         start = lcn * BLOCK_SIZE + e.clusterofs
         if start >= size:
-            continue  # mkfs 1.5 writes a final PLAIN index starting at i_size (notes §7.7)
+            continue  # mkfs 1.5 writes a final PLAIN index starting at i_size (docs/erofs-format.md §7.7)
         end = (
             size
             if k + 1 == len(heads)

@@ -1,0 +1,1 @@
+"""The newc cpio format of an initramfs: newc.py (the header), writer.py, reader.py."""
