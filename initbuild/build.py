@@ -10,16 +10,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import __version__, log
 from .errors import ConfigError, InitbuildError
-from .formats.compress import Compression
+from .formats import compress
 from .manifest import Entry, Kind, Manifest
-from .modules.context import StageResult, collect_stage, module_check, os_release, resolve_kernel
-from .modules.spec import Plan, discover, select
+from .modules.context import module_check
+from .modules.hooks import Hooks
+from .modules.plan import Plan, select
+from .modules.spec import discover
+from .modules.stages import StageResult, collect_stage
 from .profile import Mode, Profile
+from .resolve.kernels import resolve_kernel
 from .resolve.kmod import KernelModules
 from .resources import module_dirs
 from .sysroot import Sysroot
@@ -45,13 +50,21 @@ def source_date_epoch() -> int:
     return n
 
 
-def output_names(kver: str, mode: Mode) -> dict[str, str]:
+class OutputKind(StrEnum):
+    """What a build writes (BuildReport.outputs[].kind)."""
+
+    INITRAMFS = "initramfs"  # the cpio: stage one, or the plain image
+    STAGE2 = "stage2"  # the EROFS image
+    CONF = "conf"  # initoverlayfs.conf, a copy of stage one's
+
+
+def output_names(kver: str, mode: Mode) -> dict[OutputKind, str]:
     if mode is Mode.PLAIN:
-        return {"initramfs": f"initramfs-{kver}.img"}
+        return {OutputKind.INITRAMFS: f"initramfs-{kver}.img"}
     return {
-        "initramfs": f"initramfs-{kver}.img",
-        "stage2": f"initoverlayfs-{kver}.img",
-        "conf": "initoverlayfs.conf",
+        OutputKind.INITRAMFS: f"initramfs-{kver}.img",
+        OutputKind.STAGE2: f"initoverlayfs-{kver}.img",
+        OutputKind.CONF: "initoverlayfs.conf",
     }
 
 
@@ -66,7 +79,10 @@ def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tu
         )
     kver = resolve_kernel(sysroot, profile)
     specs = discover(modules_dirs or module_dirs())
-    plan = select(profile, specs, kver, lambda spec: module_check(spec, sysroot, profile, kver))
+    hooks = Hooks()  # each module.py is imported once per build: here, by its check, or at install
+    plan = select(
+        profile, specs, kver, lambda spec: module_check(spec, sysroot, profile, kver, hooks), hooks=hooks
+    )
     return plan, sysroot
 
 
@@ -159,20 +175,22 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
 
 @dataclass
 class OutputInfo:
-    path: str
-    kind: str  # initramfs | stage2 | conf
+    path: str  # file name, in the report's outdir
+    kind: OutputKind
     size: int
     sha256: str
     compression: str
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "kind": str(self.kind)}
 
 
 @dataclass
 class BuildReport:
+    """What a build wrote, and how long it took. `to_json()` is build.json's content (plain JSON types)."""
+
     kver: str
-    mode: str
+    mode: Mode
     profile: str
     sysroot: str
     outdir: str
@@ -185,7 +203,7 @@ class BuildReport:
             "initbuild": __version__,
             "kernel": self.kver,
             "kernel_image": f"/boot/vmlinuz-{self.kver}",
-            "mode": self.mode,
+            "mode": str(self.mode),
             "profile": self.profile,
             "sysroot": self.sysroot,
             "source_date_epoch": source_date_epoch(),
@@ -194,7 +212,8 @@ class BuildReport:
             "timings": [{"step": s, "seconds": round(t, 3)} for s, t in self.timings],
         }
 
-    def output(self, kind: str) -> OutputInfo:
+    def output(self, kind: OutputKind | str) -> OutputInfo:
+        """The output of one kind (a report has at most one of each)."""
         return next(o for o in self.outputs if o.kind == kind)
 
 
@@ -224,22 +243,34 @@ def build(
     log.info(f"kernel {plan.kver}, mode {profile.mode}, modules: {' '.join(plan.names())}")
     col = collect(plan, sysroot)
     epoch = source_date_epoch()
-    report = BuildReport(plan.kver, str(profile.mode), profile.source, str(sysroot.root), str(outdir))
+    report = BuildReport(plan.kver, profile.mode, profile.source, str(sysroot.root), str(outdir))
     if col.stage1 is not None:
         _write_cpio(
-            col, col.stage1.manifest, outdir / names["initramfs"], profile, epoch, report, "stage one"
+            col,
+            col.stage1.manifest,
+            outdir / names[OutputKind.INITRAMFS],
+            profile,
+            epoch,
+            report,
+            "stage one",
         )
-        _write_stage2(col, outdir / names["stage2"], profile, epoch, report)
+        _write_stage2(col, outdir / names[OutputKind.STAGE2], profile, epoch, report)
         conf = col.stage1.manifest.get("/etc/initoverlayfs.conf")
         if conf is not None and conf.data is not None:
-            with atomic_output(outdir / names["conf"]) as f:
+            with atomic_output(outdir / names[OutputKind.CONF]) as f:
                 f.write(conf.data)
-            report.outputs.append(_info(outdir / names["conf"], "conf", "none"))
+            report.outputs.append(_info(outdir / names[OutputKind.CONF], OutputKind.CONF, "none"))
         report.counts["stage1_entries"] = len(col.stage1.manifest)
         report.counts["stage1_drivers"] = len(col.stage1.drivers)
     else:
         _write_cpio(
-            col, col.stage2.manifest, outdir / names["initramfs"], profile, epoch, report, "plain initramfs"
+            col,
+            col.stage2.manifest,
+            outdir / names[OutputKind.INITRAMFS],
+            profile,
+            epoch,
+            report,
+            "plain initramfs",
         )
     report.counts["stage2_entries"] = len(col.stage2.manifest)
     report.counts["stage2_drivers"] = len(col.stage2.drivers)
@@ -249,7 +280,7 @@ def build(
     return report
 
 
-def _info(path: Path, kind: str, compression: str) -> OutputInfo:
+def _info(path: Path, kind: OutputKind, compression: str) -> OutputInfo:
     return OutputInfo(path.name, kind, path.stat().st_size, _sha256(path), compression)
 
 
@@ -262,18 +293,18 @@ def _write_cpio(
     report: BuildReport,
     what: str,
 ) -> None:
-    from .formats.cpio import CpioOptions, write_initramfs
+    from .formats.cpio.writer import CpioOptions, write_initramfs
 
-    comp = Compression(profile.compression)
+    comp = compress.Compression(profile.compression)  # the writer's own member for the profile's choice
     segments = []
     if col.early is not None:
-        segments.append((col.early, Compression.NONE))
+        segments.append((col.early, compress.Compression.NONE))
     segments.append((manifest, comp))
     levels = {comp: profile.compression_level} if profile.compression_level is not None else None
     with log.step(f"writing {what} {path.name} ({len(manifest)} entries, {comp})"):
         with atomic_output(path) as f:
             write_initramfs(f, segments, col.sysroot, CpioOptions(mtime=epoch), levels=levels)
-    report.outputs.append(_info(path, "initramfs", str(comp)))
+    report.outputs.append(_info(path, OutputKind.INITRAMFS, str(comp)))
 
 
 def _write_stage2(col: Collected, path: Path, profile: Profile, epoch: int, report: BuildReport) -> None:
@@ -287,9 +318,4 @@ def _write_stage2(col: Collected, path: Path, profile: Profile, epoch: int, repo
     with log.step(f"writing stage two {path.name} ({len(manifest)} entries, EROFS {s2.compression})"):
         with atomic_output(path) as f:
             write_erofs(manifest, col.sysroot, f, opts)
-    report.outputs.append(_info(path, "stage2", str(s2.compression)))
-
-
-def describe_os(sysroot: Sysroot) -> str:
-    rel = os_release(sysroot)
-    return rel.get("PRETTY_NAME", "unknown OS")
+    report.outputs.append(_info(path, OutputKind.STAGE2, str(s2.compression)))

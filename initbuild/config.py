@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,27 @@ import yaml
 from . import yamlread
 from .errors import ConfigError, Location
 from .manifest import PathError, check_dest
-from .profile import FileSpec, Mode, OverlaySpec, Panic, Profile, Stage2Compression, Stage2Spec
+from .profile import (
+    Attach,
+    Compression,
+    FileSpec,
+    Mode,
+    OverlaySpec,
+    Panic,
+    Profile,
+    Stage2Compression,
+    Stage2Spec,
+)
 from .resources import default_profile
 
 DEFAULT_PROFILE = default_profile()
 
-CPIO_COMPRESSIONS = ("lz4", "zstd", "gzip", "xz", "none")
 BOOTFS_PREFIXES = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "/dev/")
+
+
+def _values(enum: type[StrEnum], sep: str = " ") -> str:
+    return sep.join(enum)
+
 
 # Top-level keys with a one-line description: the source of `initbuild config --keys` and the README.
 PROFILE_KEYS: dict[str, str] = {
@@ -31,14 +46,16 @@ PROFILE_KEYS: dict[str, str] = {
     "boot_drivers": "drivers needed to reach the boot device: in stage one too",
     "binaries": "extra programs (names searched in the sysroot's PATH, or absolute paths)",
     "files": "extra files: a path, or {source, dest, mode, optional}",
-    "compression": "compression of the cpio (stage one, or the plain image): lz4 zstd gzip xz none",
+    "compression": f"compression of the cpio (stage one, or the plain image): {_values(Compression)}",
     "compression_level": "level for that compressor (default: each format's own)",
     "early_microcode": "prepend an uncompressed early cpio with CPU microcode when the sysroot has it",
     "cmdline": "default kernel command line options baked into the image; the boot command line wins",
-    "panic": "what /init does after a failure: shell (default), reboot or poweroff",
+    "panic": f"what /init does after a failure: {_values(Panic)} (default {Profile.panic})",
     "output": "{dir}: where outputs go (default ./out)",
-    "stage2": "{compression: lz4hc|lz4|none, level, pcluster_size, all_drivers, firmware}",
-    "overlay": "{bootfs, bootfs_hint, bootfstype, fs, fstype, timeout, attach}: where stage two is",
+    "stage2": f"{{compression: {_values(Stage2Compression, '|')}, level, pcluster_size, all_drivers, "
+    "firmware}",
+    "overlay": f"{{bootfs, bootfs_hint, bootfstype, fs, fstype, timeout, attach: {_values(Attach, '|')}}}: "
+    "where stage two is",
 }
 STAGE2_KEYS = ("compression", "level", "pcluster_size", "all_drivers", "firmware")
 OVERLAY_KEYS = ("bootfs", "bootfs_hint", "bootfstype", "fs", "fstype", "timeout", "attach")
@@ -80,8 +97,8 @@ def _read_profile(root: yaml.Node | None, file: str) -> Profile:
     locs: dict[str, Location] = {k: r.loc(v) for k, v in m.items()}
 
     # Values are tested with `is not None`: 0, false and "" are values (and "" is checked), not absent.
-    if "mode" in m and (mode := r.choice(m["mode"], "mode", [x.value for x in Mode])) is not None:
-        kw["mode"] = Mode(mode)
+    if "mode" in m:
+        kw["mode"] = r.enum(m["mode"], "mode", Mode)
     if "kernel" in m and (kver := r.scalar(m["kernel"], "kernel", str)) is not None:
         kw["kernel"] = r.checked(m["kernel"], "kernel", kver, _check_kver)
     if "sysroot" in m and (root_dir := r.scalar(m["sysroot"], "sysroot", str)) is not None:
@@ -99,18 +116,23 @@ def _read_profile(root: yaml.Node | None, file: str) -> Profile:
     if "files" in m:
         kw["files"] = tuple(_read_files(r, m["files"], locs))
     if "compression" in m:
-        kw["compression"] = r.choice(m["compression"], "compression", CPIO_COMPRESSIONS)
+        kw["compression"] = r.enum(m["compression"], "compression", Compression)
     if (
         "compression_level" in m
         and (level := r.scalar(m["compression_level"], "compression_level", int)) is not None
     ):
-        kw["compression_level"] = r.checked(m["compression_level"], "compression_level", level, _check_level)
+        # the range is the compressor's; an unknown compressor is reported already and has none
+        comp = kw["compression"] if "compression" in m else Profile.compression
+        if comp is not None:
+            kw["compression_level"] = r.checked(
+                m["compression_level"], "compression_level", level, lambda v: _check_level(comp, v)
+            )
     if "early_microcode" in m:
         kw["early_microcode"] = r.scalar(m["early_microcode"], "early_microcode", bool)
     if "cmdline" in m and (cmdline := r.scalar(m["cmdline"], "cmdline", str)) is not None:
         kw["cmdline"] = r.checked(m["cmdline"], "cmdline", cmdline, _check_cmdline)
-    if "panic" in m and (panic := r.choice(m["panic"], "panic", [x.value for x in Panic])) is not None:
-        kw["panic"] = Panic(panic)
+    if "panic" in m:
+        kw["panic"] = r.enum(m["panic"], "panic", Panic)
     if "output" in m:
         om = r.mapping(m["output"], "output", ("dir",))
         if "dir" in om and (out_dir := r.scalar(om["dir"], "output.dir", str)) is not None:
@@ -136,7 +158,7 @@ def _read_files(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) 
             source = r.scalar(fm["source"], f"{key}.source", str) if "source" in fm else None
             dest = r.scalar(fm["dest"], f"{key}.dest", str) if "dest" in fm else source
             if "mode" in fm:
-                mode = _read_mode(r, fm["mode"], f"{key}.mode")
+                mode = r.mode(fm["mode"], f"{key}.mode")
             if "optional" in fm:
                 optional = bool(r.scalar(fm["optional"], f"{key}.optional", bool))
         if source is None or dest is None:
@@ -154,30 +176,11 @@ def _read_files(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) 
     return out
 
 
-def _read_mode(r: yamlread.Reader, node: yaml.Node, key: str) -> int | None:
-    """Modes are written as octal strings ('0644') or YAML ints (0o644, or 644 read as octal digits)."""
-    if not isinstance(node, yaml.ScalarNode):
-        r.error(node, key, "expected an octal mode such as '0755'")
-        return None
-    text = node.value.strip().removeprefix("0o")
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        r.error(node, key, f"'{node.value}' is not an octal mode such as '0755'")
-        return None
-    if not 0 <= mode <= 0o7777:
-        r.error(node, key, f"mode {node.value} is out of range (0000-7777)")
-        return None
-    return mode
-
-
 def _read_stage2(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> Stage2Spec:
     sm = r.mapping(node, "stage2", STAGE2_KEYS)
     kw: dict[str, Any] = {}
     if "compression" in sm:
-        v = r.choice(sm["compression"], "stage2.compression", [x.value for x in Stage2Compression])
-        if v:
-            kw["compression"] = Stage2Compression(v)
+        kw["compression"] = r.enum(sm["compression"], "stage2.compression", Stage2Compression)
     if "level" in sm and (n := r.scalar(sm["level"], "stage2.level", int)) is not None:
         kw["level"] = r.checked(
             sm["level"], "stage2.level", n, lambda x: None if 1 <= x <= 12 else "must be 1..12"
@@ -217,7 +220,7 @@ def _read_overlay(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]
             om["timeout"], "overlay.timeout", n, lambda x: None if 1 <= x <= 3600 else "must be 1..3600 s"
         )
     if "attach" in om:
-        kw["attach"] = r.choice(om["attach"], "overlay.attach", ("auto", "loop", "file", "direct"))
+        kw["attach"] = r.enum(om["attach"], "overlay.attach", Attach)
     for k, vnode in om.items():
         locs[f"overlay.{k}"] = r.loc(vnode)
     for k in ("bootfs", "bootfstype", "fstype"):
@@ -244,8 +247,14 @@ def _check_nonempty(v: str) -> str | None:
     return "must not be empty" if not v.strip() else None
 
 
-def _check_level(v: int) -> str | None:
-    return None if 0 <= v <= 22 else f"{v} is out of range (0-22)"
+def _check_level(compression: Compression, v: int) -> str | None:
+    """The levels the cpio writer accepts for `compression` (formats/compress.py), checked at load time."""
+    if compression is Compression.NONE:
+        return None if v == 0 else f"compression 'none' takes no level (got {v})"
+    levels = compression.levels
+    if v in levels:
+        return None
+    return f"{v} is out of range for {compression} ({levels.start}-{levels.stop - 1})"
 
 
 def _check_pcluster(v: int) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, BinaryIO
 
-from .errors import ModuleError
+from .errors import ModuleError, ResolveError
 from .sysroot import Sysroot
 
 
@@ -53,16 +53,6 @@ _S_IFMT = {
 
 _KIND_OF_IFMT = {ifmt: kind for kind, ifmt in _S_IFMT.items() if kind is not Kind.HARDLINK}
 
-DEFAULT_MODES = {
-    Kind.FILE: 0o644,
-    Kind.DIR: 0o755,
-    Kind.SYMLINK: 0o777,
-    Kind.CHAR: 0o600,
-    Kind.BLOCK: 0o600,
-    Kind.FIFO: 0o644,
-    Kind.SOCKET: 0o755,
-}
-
 
 class PathError(ValueError):
     """An image path is not acceptable (escapes the root, empty component, NUL...)."""
@@ -98,12 +88,17 @@ class Entry:
     mtime: int | None = None  # seconds; None = the build's SOURCE_DATE_EPOCH
     xattrs: tuple[tuple[str, bytes], ...] = ()
     provenance: tuple[str, ...] = ()
+    # FILE from source: the content is the source decompressed, by its suffix. A kernel's .ko.xz goes in
+    # as .ko: every image is compressed as a whole, and a module compressed again on its own would
+    # only be decompressed at each load
+    decompress: bool = False
 
     def __post_init__(self) -> None:
         assert self.path.startswith("/"), self.path
         assert 0 <= self.mode <= 0o7777, oct(self.mode)
         if self.kind is Kind.FILE:
             assert (self.source is None) != (self.data is None), f"{self.path}: exactly one of source/data"
+        assert not self.decompress or self.source is not None, f"{self.path}: decompress needs a source"
         if self.kind in (Kind.SYMLINK, Kind.HARDLINK):
             assert self.target, self.path
         if self.kind in (Kind.CHAR, Kind.BLOCK):
@@ -131,7 +126,7 @@ class Entry:
             other.target,
             other.rdev,
             other.xattrs,
-        ) and self.source == other.source
+        ) and (self.source, self.decompress) == (other.source, other.decompress)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "type": str(self.kind), "mode": f"{self.mode:04o}"}
@@ -139,6 +134,8 @@ class Entry:
             d["uid"], d["gid"] = self.uid, self.gid
         if self.source is not None:
             d["source"] = self.source
+        if self.decompress:
+            d["decompress"] = True
         if self.data is not None:
             d["inline_bytes"] = len(self.data)
         if self.target is not None:
@@ -210,9 +207,6 @@ class Manifest:
         for p in reversed(missing):
             self.entries[p] = Entry(p, Kind.DIR, 0o755, provenance=_join(provenance, ("parent directory",)))
 
-    def remove(self, path: str) -> None:
-        del self.entries[path]
-
     def sorted(self) -> list[Entry]:
         """Canonical order used by every writer: by the UTF-8 bytes of the path (parents first)."""
         return [self.entries[p] for p in sorted(self.entries, key=lambda p: p.encode())]
@@ -227,12 +221,6 @@ class Manifest:
             if e.path != "/":
                 out[e.parent].append(e)
         return out
-
-    def merged(self, other: Manifest) -> Manifest:
-        m = Manifest(dict(self.entries))
-        for e in other.sorted():
-            m.add(e, override=True)
-        return m
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.sorted()]
@@ -277,15 +265,27 @@ def entry_size(entry: Entry, sysroot: Sysroot) -> int:
     if entry.data is not None:
         return len(entry.data)
     assert entry.source is not None
+    if entry.decompress:
+        return sysroot.decompressed_size(entry.source)
     return sysroot.stat(entry.source).st_size
 
 
 def open_entry(entry: Entry, sysroot: Sysroot) -> BinaryIO:
-    """Open a FILE entry's content for reading."""
+    """Open a FILE entry's content for reading (seekable).
+
+    A `decompress` entry is decompressed whole when opened: kernel modules are a few MiB at most
+    (6.12's largest, xfs.ko, is 5.3 MiB), so memory stays bounded by the largest file being written,
+    and nothing is decompressed before the writer asks for it (entry_size reads the recorded size).
+    """
     assert entry.kind is Kind.FILE, entry
     if entry.data is not None:
         return io.BytesIO(entry.data)
     assert entry.source is not None
+    if entry.decompress:
+        data = sysroot.read_decompressed(entry.source)
+        if len(data) != sysroot.decompressed_size(entry.source):
+            raise ResolveError(f"{entry.source} in the sysroot records another size than it decompresses to")
+        return io.BytesIO(data)
     return sysroot.open(entry.source)
 
 

@@ -1,4 +1,8 @@
-"""Frozen, validated description of a build (the result of config.load_profile). No I/O here."""
+"""Frozen, validated description of a build (the result of config.load_profile). No I/O here.
+
+Every closed choice of a profile is one StrEnum here, checked once when the profile is loaded
+(config.py, with the file and line) and used as such by every consumer.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,43 @@ class Mode(StrEnum):
     PLAIN = "plain"  # one cpio with the stage-two content
 
 
+class Compression(StrEnum):
+    """The cpio's compressor (stage one, or the plain image): formats/compress.py implements each."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    XZ = "xz"
+    ZSTD = "zstd"
+    LZ4 = "lz4"  # the kernel's legacy lz4 framing
+
+    @property
+    def levels(self) -> range:
+        """The levels its compressor takes (`compression_level`), checked when the profile loads."""
+        return _LEVELS[self]
+
+
+_LEVELS = {
+    Compression.NONE: range(0, 1),  # no level to choose
+    Compression.GZIP: range(1, 10),  # zlib
+    Compression.XZ: range(0, 10),  # liblzma presets
+    Compression.ZSTD: range(1, 23),  # zstd's regular levels (negative "fast" levels are not offered)
+    Compression.LZ4: range(1, 13),  # 1-2 lz4 fast, 3-12 lz4hc
+}
+
+
 class Stage2Compression(StrEnum):
     LZ4HC = "lz4hc"
     LZ4 = "lz4"
     NONE = "none"
+
+
+class Attach(StrEnum):
+    """How stage one attaches a stage-two image file (initoverlayfs.conf `attach`)."""
+
+    AUTO = "auto"  # a file-backed mount where the kernel can, else a loop device
+    LOOP = "loop"  # a loop device
+    FILE = "file"  # a file-backed mount (CONFIG_EROFS_FS_BACKED_BY_FILE, Linux 6.12+)
+    DIRECT = "direct"  # bootfs is the EROFS device itself
 
 
 class Panic(StrEnum):
@@ -46,7 +83,7 @@ class OverlaySpec:
     fs: str = "/initoverlayfs-{kver}.img"  # image path on bootfs; "" = bootfs itself is the EROFS device
     fstype: str = "erofs"
     timeout: int = 10  # seconds to wait for bootfs
-    attach: str = "auto"  # auto | loop | file | direct
+    attach: Attach = Attach.AUTO
 
 
 @dataclass(frozen=True)
@@ -71,8 +108,8 @@ class Profile:
     boot_drivers: tuple[str, ...] = ()  # drivers to reach the boot device (stage one and two)
     binaries: tuple[str, ...] = ()
     files: tuple[FileSpec, ...] = ()
-    compression: str = "lz4"  # stage one / plain cpio: lz4 | zstd | gzip | xz | none
-    compression_level: int | None = None
+    compression: Compression = Compression.LZ4  # the cpio's: stage one, or the plain image
+    compression_level: int | None = None  # None: the compressor's default; else in compression.levels
     early_microcode: bool = True
     cmdline: str = ""  # baked-in kernel command line defaults (the real one wins)
     panic: Panic = Panic.SHELL

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ import yaml
 from .errors import ConfigError, ConfigErrors, Location
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a mapping"}
 
@@ -191,6 +193,27 @@ class Reader:
             return None
         return v
 
+    def enum(self, node: yaml.Node, key: str, enum: type[E]) -> E | None:
+        """One member of a StrEnum, written as its value."""
+        v = self.choice(node, key, [m.value for m in enum])
+        return None if v is None else enum(v)
+
+    def mode(self, node: yaml.Node, key: str) -> int | None:
+        """A permission mode: an octal string ('0644') or a YAML int (0o644, or 644 read as octal digits)."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(node, key, "expected an octal mode such as '0755'")
+            return None
+        text = node.value.strip().removeprefix("0o")
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            self.error(node, key, f"'{node.value}' is not an octal mode such as '0755'")
+            return None
+        if not 0 <= mode <= 0o7777:
+            self.error(node, key, f"mode {node.value} is out of range (0000-7777)")
+            return None
+        return mode
+
     def checked(
         self, node: yaml.Node, key: str, value: T | None, check: Callable[[T], str | None]
     ) -> T | None:
@@ -227,10 +250,3 @@ def _describe(node: yaml.Node) -> str:
     if tag == "str":
         return f"a string ({node.value!r})"
     return f"{names.get(tag, tag)} ({node.value})"
-
-
-def plain(node: yaml.Node | None) -> Any:
-    """The plain Python value of a node (for echoing config back)."""
-    if node is None:
-        return None
-    return yaml.SafeLoader("").construct_document(node)

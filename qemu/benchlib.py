@@ -44,9 +44,9 @@ from initbuild.build import BuildReport, build  # noqa: E402
 from initbuild.config import load_profile  # noqa: E402
 from initbuild.errors import ToolError  # noqa: E402  (also re-exported for the tools)
 from initbuild.formats.compress import Compression  # noqa: E402
-from initbuild.formats.cpio import CpioOptions, write_initramfs  # noqa: E402
+from initbuild.formats.cpio.writer import CpioOptions, write_initramfs  # noqa: E402
 from initbuild.manifest import Entry, Kind, Manifest  # noqa: E402
-from initbuild.modules.context import host_kernels  # noqa: E402
+from initbuild.resolve.kernels import host_kernels  # noqa: E402
 from initbuild.profile import FileSpec, Mode, Profile  # noqa: E402
 from initbuild.run import run  # noqa: E402
 from initbuild.sysroot import Sysroot  # noqa: E402

@@ -1,4 +1,9 @@
-"""Shared fixtures: the installed kernel, in-process builds, and the `vm` marker."""
+"""Shared fixtures: the installed kernels, in-process builds, and the `vm` marker.
+
+Tests about a kernel never take "the newest installed" (that changes when a kernel is installed):
+`kver` runs a test once per installed kernel, each named explicitly. `.ci/setup.sh` installs Debian's
+6.1 (modules as plain `.ko`) and 6.12 (`.ko.xz`), so both module formats are always exercised.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.modules.context import host_kernels
+from initbuild.resolve.kernels import host_kernels
 from initbuild.sysroot import Sysroot
 
 TESTS = Path(__file__).resolve().parent
+KVERS = host_kernels(Sysroot("/"))  # oldest first
+
+
+def kver_id(kver: str | None) -> str:
+    """A short test id: "6.1", "6.12"."""
+    return "no-kernel" if kver is None else ".".join(kver.split("-")[0].split(".")[:2])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--keep-logs", metavar="DIR", default=None, help="keep VM console logs in DIR")
 
 
-@pytest.fixture(scope="session")
-def kver() -> str:
-    found = host_kernels(Sysroot("/"))
-    if not found:
+@pytest.fixture(scope="session", params=KVERS or [None], ids=kver_id)
+def kver(request: pytest.FixtureRequest) -> str:
+    """Each installed kernel in turn (a kernel with /boot/vmlinuz-V and /lib/modules/V)."""
+    if request.param is None:
         pytest.skip("no kernel installed (apt-get install linux-image-cloud-amd64)")
-    return found[-1]
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,10 @@ from initbuild.config import (
     load_profile,
     load_profile_text,
 )
-from initbuild.errors import ConfigError, InitbuildError, Location, ResolveError
-from initbuild.profile import FileSpec, Mode, Panic, Profile, Stage2Compression
+from initbuild.errors import ConfigError, FormatError, InitbuildError, Location, ResolveError
+from initbuild.formats.compress import Compression as WriterCompression
+from initbuild.formats.compress import compress
+from initbuild.profile import Attach, Compression, FileSpec, Mode, Panic, Profile, Stage2Compression
 from initbuild.resources import shipped_modules_dir
 
 TESTS = Path(__file__).resolve().parent
@@ -223,7 +225,7 @@ def one_error(text: str) -> ConfigError:
         ("moduels: []\n", 1, 1, "unknown key 'moduels'", "did you mean 'modules'?"),
         ("mode: plain\nstage2:\n  compresion: lz4\n", 3, 3, "unknown key 'stage2.compresion'",
          "did you mean 'compression'?"),
-        ("compression: zsdt\n", 1, 14, "compression: 'zsdt' is not one of: lz4, zstd, gzip, xz, none",
+        ("compression: zsdt\n", 1, 14, "compression: 'zsdt' is not one of: none, gzip, xz, zstd, lz4",
          "did you mean 'zstd'?"),
         ("binaries: [a, [b]]\n", 1, 15, "binaries[1]: expected a string, got a list", None),
         ("files: [{source: /a, mode: rw}]\n", 1, 28, "files[0].mode: 'rw' is not an octal mode", None),
@@ -251,8 +253,29 @@ def test_error_location(text: str, line: int, column: int, message: str, hint: s
 
 
 def test_zero_and_false_are_values() -> None:
-    p = load_profile_text("compression: zstd\ncompression_level: 0\nearly_microcode: false\n", "p.yaml")
+    p = load_profile_text("compression: xz\ncompression_level: 0\nearly_microcode: false\n", "p.yaml")
     assert (p.compression_level, p.early_microcode) == (0, False)
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_compression_level_is_checked_at_load_as_the_writer_checks_it(compression: Compression) -> None:
+    """A level the profile accepts is one the cpio compressor accepts, and only those: the writer is
+    the oracle, so a level never fails late, while the image is written."""
+    for level in range(-2, 25):
+        try:
+            compress(b"initbuild", WriterCompression(compression), level)
+            writer_ok = True
+        except FormatError:
+            writer_ok = False
+        text = f"compression: {compression}\ncompression_level: {level}\n"
+        try:
+            loaded = load_profile_text(text, "p.yaml")
+        except ConfigError as e:
+            assert not writer_ok, f"{compression} {level}: {e}"
+            assert e.location == Location("p.yaml", 2, 20) and e.message.startswith("compression_level: ")
+        else:
+            assert writer_ok, f"{compression} {level} loads, but the writer refuses it"
+            assert (loaded.compression, loaded.compression_level) == (compression, level)
 
 
 def test_all_errors_are_reported_together() -> None:
@@ -336,7 +359,7 @@ def test_overrides_are_validated() -> None:
 def test_default_profile_loads() -> None:
     p = load_profile(None)
     assert p.source == str(DEFAULT_PROFILE)
-    assert p.mode is Mode.INITOVERLAYFS and p.kernel == "auto" and p.compression == "lz4"
+    assert p.mode is Mode.INITOVERLAYFS and p.kernel == "auto" and p.compression is Compression.LZ4
     assert p.where("overlay.bootfs") is not None
 
 
@@ -427,5 +450,6 @@ def test_full_profile_uses_every_key() -> None:
     assert set(data["overlay"]) == set(OVERLAY_KEYS)
     assert p.mode is Mode.PLAIN and p.panic is Panic.POWEROFF
     assert p.stage2.compression is Stage2Compression.LZ4 and p.stage2.level == 9
+    assert isinstance(p.overlay.attach, Attach) and isinstance(p.compression, Compression)
     assert p.files[1] == FileSpec("/etc/passwd", "/etc/passwd.initrd", 0o600, True)
     assert all(p.where(f"{k}") is not None for k in data)

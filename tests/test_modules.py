@@ -11,20 +11,19 @@ import pytest
 from test_config import FAKE_KVER, FIXTURES, make_fake_sysroot
 
 from initbuild import run
+from initbuild.build import collect, make_plan
 from initbuild.config import load_profile_text
 from initbuild.errors import ConfigError, ConfigErrors, Location, ModuleError
+from initbuild.modules.plan import CheckFn, Plan, select
 from initbuild.modules.spec import (
     Check,
-    CheckFn,
     DeviceItem,
     FileItem,
     ModuleSpec,
-    Plan,
     Stage,
     SymlinkItem,
     TemplateItem,
     discover,
-    select,
 )
 from initbuild.profile import Mode
 from initbuild.resources import shipped_modules_dir
@@ -464,3 +463,37 @@ def test_cli_plan_override_and_omit(sysroot: Path, tmp_path: Path) -> None:
         "  (not used) systemd: binary 'systemctl' not found in the sysroot",
         "  (not used) udev: binary 'udevadm' not found in the sysroot",
     ]
+
+
+COUNTED_HOOK = """import os
+
+with open(os.environ["INITBUILD_TEST_LOADS"], "a") as f:
+    f.write("load\\n")
+
+
+def check(ctx):
+    return None
+
+
+def install(ctx):
+    ctx.add_data(f"/etc/counted-{ctx.stage}", "x")
+"""
+
+
+def test_each_module_py_is_loaded_once_per_build(
+    sysroot: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module.py is imported once per build, though its check() runs while planning and its install()
+    once per stage; the next build imports it afresh (no state leaks from one build to the next)."""
+    tree = make_tree(tmp_path / "m", {"50counted": mod("counts its imports", stage="both")})
+    (tree / "50counted" / "module.py").write_text(COUNTED_HOOK)
+    loads = tmp_path / "loads"
+    monkeypatch.setenv("INITBUILD_TEST_LOADS", str(loads))
+    profile = load_profile_text(f"sysroot: {sysroot}\n", "p.yaml")
+    plan, root = make_plan(profile, modules_dirs=[shipped_modules_dir(), tree])
+    col = collect(plan, root)
+    assert col.stage1 is not None and "/etc/counted-1" in col.stage1.manifest
+    assert "/etc/counted-2" in col.stage2.manifest
+    assert loads.read_text() == "load\n"
+    make_plan(profile, modules_dirs=[shipped_modules_dir(), tree])
+    assert loads.read_text() == "load\nload\n"

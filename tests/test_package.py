@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from initbuild.boot.harness import VM, boot, marker
-from initbuild.modules.context import host_kernels
+from initbuild.resolve.kernels import host_kernels
 from initbuild.sysroot import Sysroot
 
 pytestmark = pytest.mark.vm

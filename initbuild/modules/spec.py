@@ -1,8 +1,9 @@
-"""modules.d: discover modules, parse their module.yaml, evaluate checks, and select them into a Plan.
+"""modules.d: discover modules and parse their module.yaml into validated ModuleSpecs.
 
 A module is a directory `NNname/` holding a declarative `module.yaml` and, optionally, `module.py`
-with `check(ctx)` and/or `install(ctx)` for logic YAML cannot express. The two-digit prefix orders
-modules (like dracut); `requires:` adds dependencies, which are installed first.
+with `check(ctx)` and/or `install(ctx)` for logic YAML cannot express (loaded by hooks.py). The
+two-digit prefix orders modules (like dracut); `requires:` adds dependencies, installed first
+(plan.py selects and orders them).
 
 Dracut's three-way check is kept: INCLUDE (in every image unless omitted), ON_DEMAND (only when
 requested or required), UNAVAILABLE (cannot be used here; an error if something asks for it).
@@ -10,22 +11,19 @@ requested or required), UNAVAILABLE (cannot be used here; an error if something 
 
 from __future__ import annotations
 
-import heapq
-import importlib.util
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
 from .. import yamlread
-from ..errors import ConfigError, Location, ModuleError
-from ..manifest import PathError, check_dest
-from ..profile import Mode, Profile
+from ..errors import ConfigError, ConfigErrors, Location
+from ..manifest import Kind, PathError, check_dest
+from ..profile import Mode
 from ..resources import templates_dir
 
 _DIRNAME = re.compile(r"^(\d\d)([a-z0-9][a-z0-9_-]*)$")
@@ -37,6 +35,11 @@ class Check(IntEnum):
     INCLUDE = 0
     UNAVAILABLE = 1
     ON_DEMAND = 255
+
+
+# module.yaml `check:` -> the result it stands for when nothing the module needs is missing
+CHECK_SETTINGS = {"include": Check.INCLUDE, "on-demand": Check.ON_DEMAND}
+DEVICE_KINDS = (Kind.CHAR, Kind.BLOCK)
 
 
 class Stage(StrEnum):
@@ -67,7 +70,7 @@ class SymlinkItem:
 @dataclass(frozen=True)
 class DeviceItem:
     path: str
-    type: str  # char | block
+    type: Kind  # Kind.CHAR or Kind.BLOCK
     major: int
     minor: int
     mode: int = 0o600
@@ -107,10 +110,6 @@ class ModuleSpec:
     templates: tuple[TemplateItem, ...] = ()
     hook: Path | None = None  # module.py
     locations: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def yaml_path(self) -> Path:
-        return self.path / "module.yaml"
 
 
 MODULE_KEYS = {
@@ -156,8 +155,6 @@ def discover(dirs: Iterable[Path]) -> dict[str, ModuleSpec]:
                 continue
             specs[spec.name] = spec
     if errors:
-        from ..errors import ConfigErrors
-
         raise ConfigErrors(errors) if len(errors) > 1 else errors[0]
     return specs
 
@@ -172,16 +169,13 @@ def load_spec(path: Path, name: str, priority: int) -> ModuleSpec:
     locs = {k: r.loc(v) for k, v in m.items()}
     if "description" in m:
         kw["description"] = r.scalar(m["description"], "description", str) or ""
-    if "stage" in m and (v := r.choice(m["stage"], "stage", [s.value for s in Stage])):
-        kw["stage"] = Stage(v)
-    if "check" in m and (v := r.choice(m["check"], "check", ("include", "on-demand"))):
-        kw["check"] = Check.INCLUDE if v == "include" else Check.ON_DEMAND
+    if "stage" in m:
+        kw["stage"] = r.enum(m["stage"], "stage", Stage)
+    if "check" in m and (v := r.choice(m["check"], "check", CHECK_SETTINGS)):
+        kw["check"] = CHECK_SETTINGS[v]
     if "modes" in m:
-        modes = []
-        for i, item in enumerate(r.seq(m["modes"], "modes") or []):
-            if v := r.choice(item, f"modes[{i}]", [x.value for x in Mode]):
-                modes.append(Mode(v))
-        kw["modes"] = tuple(modes)
+        modes = [r.enum(item, f"modes[{i}]", Mode) for i, item in enumerate(r.seq(m["modes"], "modes") or [])]
+        kw["modes"] = tuple(x for x in modes if x is not None)
     if "needs" in m:
         nm = r.mapping(m["needs"], "needs", ("binaries", "files"))
         kw["needs_binaries"] = tuple(r.str_list(nm["binaries"], "needs.binaries")) if "binaries" in nm else ()
@@ -210,7 +204,7 @@ def load_spec(path: Path, name: str, priority: int) -> ModuleSpec:
     hook = path / "module.py"
     kw["hook"] = hook if hook.is_file() else None
     r.raise_if_errors()
-    return ModuleSpec(locations=locs, **kw)
+    return ModuleSpec(locations=locs, **{k: v for k, v in kw.items() if v is not None})
 
 
 def _dest(r: yamlread.Reader, node: yaml.Node, key: str, value: str) -> str:
@@ -219,12 +213,6 @@ def _dest(r: yamlread.Reader, node: yaml.Node, key: str, value: str) -> str:
     except PathError as e:
         r.error(node, key, str(e))
         return "/"
-
-
-def _item_mapping(
-    r: yamlread.Reader, node: yaml.Node, key: str, allowed: tuple[str, ...], required: tuple[str, ...]
-) -> dict[str, yaml.Node]:
-    return r.mapping(node, key, allowed, required=required)
 
 
 def _files(r: yamlread.Reader, node: yaml.Node) -> list[FileItem]:
@@ -236,7 +224,7 @@ def _files(r: yamlread.Reader, node: yaml.Node) -> list[FileItem]:
             if v:
                 out.append(FileItem(v, _dest(r, item, key, v)))
             continue
-        fm = _item_mapping(r, item, key, ("source", "dest", "mode", "optional", "override"), ("source",))
+        fm = r.mapping(item, key, ("source", "dest", "mode", "optional", "override"), required=("source",))
         src = r.scalar(fm["source"], f"{key}.source", str) if "source" in fm else None
         if not src:
             continue
@@ -257,7 +245,7 @@ def _symlinks(r: yamlread.Reader, node: yaml.Node) -> list[SymlinkItem]:
     out = []
     for i, item in enumerate(r.seq(node, "symlinks") or []):
         key = f"symlinks[{i}]"
-        sm = _item_mapping(r, item, key, ("path", "target", "override"), ("path", "target"))
+        sm = r.mapping(item, key, ("path", "target", "override"), required=("path", "target"))
         p = r.scalar(sm["path"], f"{key}.path", str) if "path" in sm else None
         t = r.scalar(sm["target"], f"{key}.target", str) if "target" in sm else None
         if p and t:
@@ -271,16 +259,16 @@ def _devices(r: yamlread.Reader, node: yaml.Node) -> list[DeviceItem]:
     out = []
     for i, item in enumerate(r.seq(node, "devices") or []):
         key = f"devices[{i}]"
-        dm = _item_mapping(
-            r, item, key, ("path", "type", "major", "minor", "mode"), ("path", "type", "major", "minor")
+        dm = r.mapping(
+            item, key, ("path", "type", "major", "minor", "mode"), required=("path", "type", "major", "minor")
         )
         p = r.scalar(dm["path"], f"{key}.path", str) if "path" in dm else None
-        t = r.choice(dm["type"], f"{key}.type", ("char", "block")) if "type" in dm else None
+        t = r.choice(dm["type"], f"{key}.type", DEVICE_KINDS) if "type" in dm else None
         ma = r.scalar(dm["major"], f"{key}.major", int) if "major" in dm else None
         mi = r.scalar(dm["minor"], f"{key}.minor", int) if "minor" in dm else None
         mode = _mode(r, dm.get("mode"), f"{key}.mode")
         if p and t and ma is not None and mi is not None:
-            out.append(DeviceItem(_dest(r, item, key, p), t, ma, mi, 0o600 if mode is None else mode))
+            out.append(DeviceItem(_dest(r, item, key, p), Kind(t), ma, mi, 0o600 if mode is None else mode))
     return out
 
 
@@ -288,7 +276,7 @@ def _templates(r: yamlread.Reader, node: yaml.Node, moddir: Path) -> list[Templa
     out = []
     for i, item in enumerate(r.seq(node, "templates") or []):
         key = f"templates[{i}]"
-        tm = _item_mapping(r, item, key, ("template", "dest", "mode", "override"), ("template", "dest"))
+        tm = r.mapping(item, key, ("template", "dest", "mode", "override"), required=("template", "dest"))
         t = r.scalar(tm["template"], f"{key}.template", str) if "template" in tm else None
         d = r.scalar(tm["dest"], f"{key}.dest", str) if "dest" in tm else None
         if not (t and d):
@@ -312,193 +300,10 @@ def _templates(r: yamlread.Reader, node: yaml.Node, moddir: Path) -> list[Templa
 
 
 def _mode(r: yamlread.Reader, node: yaml.Node | None, key: str) -> int | None:
-    if node is None:
-        return None
-    from ..config import _read_mode
-
-    return _read_mode(r, node, key)
+    return None if node is None else r.mode(node, key)
 
 
 def _bool(r: yamlread.Reader, node: yaml.Node | None, key: str) -> bool:
     if node is None:
         return False
     return bool(r.scalar(node, key, bool))
-
-
-# -- hooks ----------------------------------------------------------------------------------------
-
-
-def load_hook(spec: ModuleSpec) -> ModuleType | None:
-    if spec.hook is None:
-        return None
-    s = importlib.util.spec_from_file_location(f"initbuild_module_{spec.name.replace('-', '_')}", spec.hook)
-    assert s is not None and s.loader is not None
-    mod = importlib.util.module_from_spec(s)
-    try:
-        s.loader.exec_module(mod)
-    except Exception as e:  # a broken hook is the module's fault, reported as such
-        raise ModuleError(f"{spec.hook}: failed to load: {type(e).__name__}: {e}") from e
-    return mod
-
-
-# -- selection --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlannedModule:
-    spec: ModuleSpec
-    reason: str  # why it is in the plan
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The modules a build will install, in installation order, each with why."""
-
-    profile: Profile
-    kver: str
-    modules: tuple[PlannedModule, ...]
-    unavailable: tuple[tuple[str, str], ...] = ()  # (module, why) for modules left out
-
-    def names(self) -> list[str]:
-        return [m.name for m in self.modules]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kernel": self.kver,
-            "mode": str(self.profile.mode),
-            "sysroot": self.profile.sysroot,
-            "modules": [
-                {"name": m.name, "priority": m.spec.priority, "stage": str(m.spec.stage), "reason": m.reason}
-                for m in self.modules
-            ],
-            "unavailable": [{"name": n, "why": w} for n, w in self.unavailable],
-        }
-
-
-CheckFn = Callable[[ModuleSpec], tuple[Check, str]]
-
-
-def select(profile: Profile, specs: dict[str, ModuleSpec], kver: str, check: CheckFn) -> Plan:
-    """Choose modules: included-by-default + requested, minus omitted, closed over `requires`.
-
-    `check(spec)` evaluates availability against the sysroot and returns (Check, reason).
-    A requested or required module that is unavailable or omitted is a ModuleError naming the chain.
-    """
-    errors: list[ConfigError] = []  # the profile names a module that does not exist
-    for key in ("modules", "omit_modules"):
-        for name in getattr(profile, key):
-            if name not in specs:
-                import difflib
-
-                close = difflib.get_close_matches(name, list(specs), n=1)
-                errors.append(
-                    ConfigError(
-                        f"{key}: unknown module '{name}'",
-                        location=profile.where(f"{key}:{name}"),
-                        hint=f"did you mean '{close[0]}'?" if close else "`initbuild modules` lists them",
-                    )
-                )
-    if errors:
-        from ..errors import ConfigErrors
-
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
-
-    results: dict[str, tuple[Check, str]] = {}
-
-    def status(name: str) -> tuple[Check, str]:
-        if name not in results:
-            spec = specs[name]
-            if profile.mode not in spec.modes:
-                results[name] = (Check.UNAVAILABLE, f"not used in {profile.mode} mode")
-            else:
-                results[name] = check(spec)
-        return results[name]
-
-    omitted = set(profile.omit_modules)
-    reasons: dict[str, str] = {}
-    roots: list[tuple[str, str]] = []
-    for name in sorted(specs, key=lambda n: (specs[n].priority, n)):
-        if name in profile.modules:
-            roots.append((name, "requested by the profile"))
-        elif name not in omitted and status(name)[0] is Check.INCLUDE:
-            roots.append((name, status(name)[1]))  # "included by default", or the hook's reason
-    for name, why in roots:
-        _visit(name, why, [], specs, status, omitted, reasons, profile)
-
-    order = _order({n: specs[n] for n in reasons})
-    unavailable = tuple(
-        (n, results[n][1]) for n in sorted(results) if results[n][0] is Check.UNAVAILABLE and n not in reasons
-    )
-    return Plan(profile, kver, tuple(PlannedModule(specs[n], reasons[n]) for n in order), unavailable)
-
-
-def _visit(
-    name: str,
-    why: str,
-    chain: list[str],
-    specs: dict[str, ModuleSpec],
-    status: Callable[[str], tuple[Check, str]],
-    omitted: set[str],
-    reasons: dict[str, str],
-    profile: Profile,
-) -> None:
-    path = [*chain, name]
-    # where the edge chain[-1] -> name is written: the requires item in the parent's module.yaml
-    required_at = specs[chain[-1]].locations.get(f"requires:{name}") if chain else None
-    if name in chain:
-        raise ModuleError(f"cyclic requires: {' -> '.join(path)}", location=required_at)
-    if name in reasons:
-        return
-    if name not in specs:
-        raise ModuleError(
-            f"module '{chain[-1]}' requires '{name}', which does not exist", location=required_at
-        )
-    requested_at = profile.where(f"modules:{path[0]}")
-    if name in omitted:
-        omitted_at = profile.where(f"omit_modules:{name}")
-        if not chain:
-            raise ModuleError(
-                f"module '{name}' is both requested (modules) and omitted (omit_modules)",
-                location=omitted_at,
-            )
-        raise ModuleError(
-            f"{' -> '.join(path)}: '{name}' is omitted by the profile (omit_modules) but required",
-            location=omitted_at,
-            hint=f"remove '{name}' from omit_modules",
-        )
-    st, reason = status(name)
-    if st is Check.UNAVAILABLE:
-        via = f" (required via {' -> '.join(path)})" if chain else ""
-        raise ModuleError(
-            f"module '{name}' is unavailable: {reason}{via}", location=requested_at or required_at
-        )
-    for dep in specs[name].requires:
-        _visit(dep, f"required by {name}", path, specs, status, omitted, reasons, profile)
-    reasons[name] = why
-
-
-def _order(specs: dict[str, ModuleSpec]) -> list[str]:
-    """Dependencies first; otherwise by (priority, name) like dracut's NN prefixes."""
-    indeg = {n: 0 for n in specs}
-    users: dict[str, list[str]] = {n: [] for n in specs}
-    for n, s in specs.items():
-        for d in s.requires:
-            if d in specs:
-                indeg[n] += 1
-                users[d].append(n)
-    heap = [(specs[n].priority, n) for n, k in indeg.items() if k == 0]
-    heapq.heapify(heap)
-    out = []
-    while heap:
-        _, n = heapq.heappop(heap)
-        out.append(n)
-        for u in users[n]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(heap, (specs[u].priority, u))
-    assert len(out) == len(specs), "cycle should have been reported by _visit"
-    return out

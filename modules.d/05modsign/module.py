@@ -8,7 +8,7 @@ Linux 6.1), erofs.ko loads in 38 ms signed and 8 ms unsigned. Loading the CPU-sp
 the CPU modalias names a feature it needs, and a failure there is only a warning.
 """
 
-from initbuild.modules.spec import Check
+from initbuild.modules import Check
 
 
 def _providers(kmods):

@@ -6,7 +6,7 @@ any other device, loaded by udev's kmod builtin from the binary module indexes (
 modules.*.bin, so the module asks for them).
 """
 
-from initbuild.modules.spec import Check
+from initbuild.modules import Check
 
 UDEVD = ("/usr/lib/systemd/systemd-udevd", "/lib/systemd/systemd-udevd")
 

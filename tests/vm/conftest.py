@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.modules.context import host_kernels
+from initbuild.resolve.kernels import host_kernels
 from initbuild.sysroot import Sysroot
 
 KVERS = host_kernels(Sysroot("/"))
