@@ -234,7 +234,9 @@ def build(
         plan, sysroot = make_plan(profile, modules_dirs=modules_dirs)
     names = output_names(plan.kver, profile.mode)
     if not force:
-        existing = [n for n in names.values() if (outdir / n).exists()]
+        # the kernel-named images are what --force guards; initoverlayfs.conf and build.json describe
+        # the latest build into the directory (as with --all-kernels) and are always replaced
+        existing = [n for k, n in names.items() if k is not OutputKind.CONF and (outdir / n).exists()]
         if existing:
             raise ConfigError(
                 f"{outdir}: {', '.join(existing)} already exist(s); refusing to overwrite",
