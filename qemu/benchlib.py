@@ -46,8 +46,8 @@ from initbuild.errors import ToolError  # noqa: E402  (also re-exported for the 
 from initbuild.formats.compress import Compression  # noqa: E402
 from initbuild.formats.cpio.writer import CpioOptions, write_initramfs  # noqa: E402
 from initbuild.manifest import Entry, Kind, Manifest  # noqa: E402
-from initbuild.resolve.kernels import host_kernels  # noqa: E402
 from initbuild.profile import FileSpec, Mode, Profile  # noqa: E402
+from initbuild.resolve.kernels import host_kernels  # noqa: E402
 from initbuild.run import run  # noqa: E402
 from initbuild.sysroot import Sysroot  # noqa: E402
 
