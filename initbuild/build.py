@@ -9,13 +9,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import __version__, log
-from .errors import ConfigError, InitbuildError
+from .errors import ConfigError, ConfigErrors, InitbuildError
 from .formats import compress
 from .manifest import Entry, Kind, Manifest
 from .modules.context import module_check
@@ -24,6 +24,7 @@ from .modules.plan import Plan, select
 from .modules.spec import discover
 from .modules.stages import StageResult, collect_stage
 from .profile import Mode, Profile
+from .resolve.kconfig import KernelFeatures, Tristate, kernel_features
 from .resolve.kernels import resolve_kernel
 from .resolve.kmod import KernelModules
 from .resources import module_dirs
@@ -80,10 +81,64 @@ def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tu
     kver = resolve_kernel(sysroot, profile)
     specs = discover(modules_dirs or module_dirs())
     hooks = Hooks()  # each module.py is imported once per build: here, by its check, or at install
+    features = kernel_features(sysroot, kver)
+    check_kernel_can_boot(profile, features)
     plan = select(
         profile, specs, kver, lambda spec: module_check(spec, sysroot, profile, kver, hooks), hooks=hooks
     )
-    return plan, sysroot
+    return replace(plan, kernel=features), sysroot
+
+
+# profile name -> the EROFS algorithm it needs (none: stored uncompressed)
+_EROFS_ALGORITHM = {"lz4hc": "lz4", "lz4": "lz4"}
+
+
+def check_kernel_can_boot(profile: Profile, features: KernelFeatures) -> None:
+    """What the target kernel's config rules out, as located config errors (never a version guess)."""
+    if features.config_source is None:
+        log.warning(
+            f"kernel {features.kver}: no config found (/boot/config-{features.kver}, IKCONFIG): "
+            "assuming modular erofs/overlay/loop, no file-backed EROFS, gzip or uncompressed initramfs"
+        )
+        return
+    errors: list[ConfigError] = []
+    comp = str(profile.compression)
+    if comp not in features.rd_compressions:
+        errors.append(
+            ConfigError(
+                f"compression: kernel {features.kver} cannot unpack a {comp} initramfs "
+                f"(CONFIG_RD_{comp.upper()} is not set in {features.config_source})",
+                location=profile.where("compression"),
+                hint=f"use one of: {', '.join(sorted(features.rd_compressions))}",
+            )
+        )
+    if profile.mode is Mode.INITOVERLAYFS:
+        if features.erofs is Tristate.ABSENT:
+            errors.append(
+                ConfigError(
+                    f"mode: kernel {features.kver} has no EROFS (CONFIG_EROFS_FS is not set in "
+                    f"{features.config_source}): stage two cannot be mounted",
+                    location=profile.where("mode"),
+                    hint="use mode: plain",
+                )
+            )
+        algo = _EROFS_ALGORITHM.get(str(profile.stage2.compression))
+        if (
+            algo is not None
+            and features.erofs is not Tristate.ABSENT
+            and algo not in features.erofs_algorithms
+        ):
+            errors.append(
+                ConfigError(
+                    f"stage2.compression: kernel {features.kver}'s EROFS cannot read {algo} "
+                    f"(it reads: {', '.join(sorted(features.erofs_algorithms)) or 'uncompressed only'})",
+                    location=profile.where("stage2.compression"),
+                )
+            )
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def template_context(plan: Plan) -> dict[str, Any]:

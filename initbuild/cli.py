@@ -311,6 +311,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  {m.spec.priority:02d}{m.name:<16} stage {m.spec.stage:<4}  {m.reason}")
     for name, why in plan.unavailable:
         print(f"  (not used) {name}: {why}")
+    if plan.kernel is not None:
+        print("kernel config:")
+        for line in plan.kernel.describe():
+            print(f"  {line}")
     return EXIT_OK
 
 

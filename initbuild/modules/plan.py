@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError, ConfigErrors, ModuleError
 from ..profile import Profile
+from ..resolve.kconfig import KernelFeatures
 from .hooks import Hooks
 from .spec import Check, ModuleSpec
 
@@ -39,6 +40,8 @@ class Plan:
     unavailable: tuple[tuple[str, str], ...] = ()  # (module, why) for modules left out
     # the module.py files loaded while checking, reused by every stage (one import per build)
     hooks: Hooks = field(default_factory=Hooks, compare=False, repr=False)
+    # what the target kernel's config says (resolve/kconfig.py); None only for plans made without it
+    kernel: KernelFeatures | None = field(default=None, compare=False)
 
     def names(self) -> list[str]:
         return [m.name for m in self.modules]
@@ -53,6 +56,7 @@ class Plan:
                 for m in self.modules
             ],
             "unavailable": [{"name": n, "why": w} for n, w in self.unavailable],
+            "kernel_config": self.kernel.to_dict() if self.kernel else None,
         }
 
 
