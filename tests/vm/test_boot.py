@@ -210,7 +210,7 @@ def test_detection_loads_only_what_the_machine_needs(
 
 
 def test_q35_machine_boots_the_same_image(
-    kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
+    kver: str, kernel: Path, overlay: Built, root_disk: Path, log_dir: Path
 ) -> None:
     """The harness's q35 machine (PCIe, ICH9): the same image reaches the real root through the same
     virtio drivers, and virtio_pci no longer pays i440fx's AML interrupt-routing loop."""
@@ -218,7 +218,9 @@ def test_q35_machine_boots_the_same_image(
     res = _boot_overlay(kernel, overlay, root_disk, log_dir, "overlay-q35", args, machine="q35")
     _assert_reached_real_root(res)
     assert "-machine q35" in res.command()
-    assert "loaded virtio_pci" in res.console and "loaded erofs" in res.console
+    assert "loaded erofs" in res.console
+    if kernel_option(kver, "CONFIG_VIRTIO_PCI") == "m":  # 6.12 builds it in
+        assert "loaded virtio_pci" in res.console, res.explain()
 
 
 @pytest.mark.parametrize("table", ["gpt", "mbr"])
