@@ -204,7 +204,11 @@ def build(machine: int = EM_X86_64) -> bytes:
             f"the file-backed mount program is written for x86-64 only, not {name}",
             hint="attach the stage-two image through a loop device (overlay.attach: loop)",
         )
-    code = b"".join(ln.code for ln in assemble())
+    return executable(b"".join(ln.code for ln in assemble()))
+
+
+def executable(code: bytes) -> bytes:
+    """A static x86-64 ELF executable: the headers, then `code`, entered at its first byte."""
     size = CODE_OFFSET + len(code)
     ident = ELFMAG + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV, 0])
     ehdr = Elf64_Ehdr(
