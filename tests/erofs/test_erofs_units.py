@@ -47,7 +47,7 @@ def test_meta_allocator_keeps_records_in_one_block() -> None:
         assert off % 32 == 0
         if size <= 4096:
             assert off // 4096 == (off + size - 1) // 4096
-    assert offs[0] == 64 and offs[1] == 4096 and offs[2] == 4064  # first fit fills block 0
+    assert offs[0] == 64 and offs[1] == 4096 and offs[2] == 4064  # best fit fills block 0
 
 
 def test_inline_tail_rule() -> None:
