@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from initbuild.errors import ConfigError
+from initbuild.formats.erofs import lz4native
+from initbuild.formats.erofs.compressor import LZ4_PATH_ENV, PYTHON_PATH
 from initbuild.formats.erofs.format import BLOCK_SIZE
 from initbuild.formats.erofs.reader import ErofsReader
 from initbuild.formats.inspect import unpack
@@ -28,10 +31,11 @@ from .conftest import (
 
 pytestmark = needs_erofs_utils
 COMPRESSIONS = ["lz4hc", "lz4", "none"]
+NATIVE = lz4native.load()
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)
-def test_edge_tree_fsck_extract(edge_tree: Path, tmp_path: Path, compression: str) -> None:
+def test_edge_tree_fsck_extract(edge_tree: Path, tmp_path: Path, compression: str, lz4_path: str) -> None:
     manifest, sysroot = tree_manifest(edge_tree)
     image = tmp_path / "edge.img"
     stats = build(manifest, sysroot, image, compression=compression, build_time=BUILD_TIME)
@@ -40,8 +44,27 @@ def test_edge_tree_fsck_extract(edge_tree: Path, tmp_path: Path, compression: st
     assert image.stat().st_size == stats.bytes == stats.blocks * BLOCK_SIZE
     if compression == "none":
         assert stats.compressed_files == 0
+        assert stats.compressor == ""
     else:  # text, zeros, mixed, the boundary files, the hard-linked file...
         assert stats.compressed_files >= 6
+        assert stats.compressor == (PYTHON_PATH if lz4_path == "python" else f"{NATIVE.name} (fixed-output)")
+
+
+def test_native_lz4_is_used_when_present(
+    edge_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian has liblz4 >= 1.9.3 (apt and systemd need it): the default is the native path, and
+    requiring it where it is missing or too old is a located config error."""
+    monkeypatch.delenv(LZ4_PATH_ENV, raising=False)
+    manifest, sysroot = tree_manifest(edge_tree)
+    stats = build(manifest, sysroot, tmp_path / "edge.img")
+    assert stats.compressor.startswith("liblz4 1.9.") or stats.compressor.startswith("liblz4 1.1")
+    monkeypatch.setattr(lz4native, "MIN_VERSION", 10_00_00_00)
+    assert lz4native.load() is None
+    assert build(manifest, sysroot, tmp_path / "old.img").compressor == PYTHON_PATH
+    monkeypatch.setenv(LZ4_PATH_ENV, "native")
+    with pytest.raises(ConfigError, match="older than 1.9.3"):
+        build(manifest, sysroot, tmp_path / "none.img")
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.formats.erofs.compressor import Compress, lz4_compressor, segment
+from initbuild.formats.erofs.compressor import Codec, lz4_codec, segment
 from initbuild.formats.erofs.data import CHUNK_LCLUSTERS
 from initbuild.formats.erofs.format import BLOCK_SIZE
 from initbuild.formats.erofs.reader import ErofsReader
@@ -30,28 +30,28 @@ TEXT = b"".join(b"line %d of a fairly compressible text\n" % i for i in range(60
 NOISE = RND.randbytes(1 << 20)
 
 
-def _default_compressor() -> Compress:
-    """The LZ4 compressor of the default ErofsOptions (lz4hc)."""
+def _default_codec() -> Codec:
+    """The LZ4 codec of the default ErofsOptions (lz4hc), by INITBUILD_LZ4 (the lz4_path fixture)."""
     options = ErofsOptions()
-    compress = lz4_compressor(options.compression, options.level)
-    assert compress is not None
-    return compress
+    codec = lz4_codec(options.compression, options.level)
+    assert codec is not None
+    return codec
 
 
 def _one_byte_tail() -> bytes:
     """Text then noise, cut so that the file ends in a 1-byte PLAIN extent."""
-    compress = _default_compressor()
+    codec = _default_codec()
     base = TEXT[:150_000] + NOISE[:20_000]
     for extra in range(0, 40 * BLOCK_SIZE, 97):
         data = base + NOISE[20_000 : 20_000 + extra]
-        pieces = segment(data, compress, 16)
+        pieces = segment(data, codec, 16)
         if not pieces[-1][0].compressed and pieces[-1][0].length % BLOCK_SIZE == 1:
             return data
         # aim directly at length % 4096 == 1 for the PLAIN run after the last extent
         last = pieces[-1][0]
         if not last.compressed:
             want = base + NOISE[20_000 : 20_000 + extra + (1 - last.length) % BLOCK_SIZE]
-            got = segment(want, compress, 16)
+            got = segment(want, codec, 16)
             if not got[-1][0].compressed and got[-1][0].length % BLOCK_SIZE == 1:
                 return want
     raise AssertionError("no 1-byte tail shape found")
@@ -60,22 +60,23 @@ def _one_byte_tail() -> bytes:
 def _plain_into_last_lcluster() -> bytes:
     """Text then noise, cut so that the shifted PLAIN run's last block starts in the lcluster
     before the last one and ends at EOF in the last one."""
-    compress = _default_compressor()
+    codec = _default_codec()
     data = TEXT[:150_000] + NOISE[: 20 * BLOCK_SIZE]
-    end = segment(data, compress, 16)[0][0].length  # the first extent, followed by PLAIN
+    end = segment(data, codec, 16)[0][0].length  # the first extent, followed by PLAIN
     ofs = end % BLOCK_SIZE
     assert ofs > 1
     for cut in range(len(data) - 2 * BLOCK_SIZE, len(data)):
         if 0 < cut % BLOCK_SIZE < ofs:
-            pieces = segment(data[:cut], compress, 16)
+            pieces = segment(data[:cut], codec, 16)
             if pieces[0][0].length == end and not pieces[-1][0].compressed:
                 return data[:cut]
     raise AssertionError("no PLAIN-into-the-last-lcluster shape found")
 
 
-@pytest.fixture(scope="module")
-def layout_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("layouts") / "src"
+@pytest.fixture
+def layout_tree(tmp_path_factory: pytest.TempPathFactory, lz4_path: str) -> Path:
+    """Shaped for the LZ4 implementation under test: where extents end depends on it."""
+    root = tmp_path_factory.mktemp(f"layouts-{lz4_path}") / "src"
     root.mkdir()
     # compressed extents starting mid-lcluster, a shifted PLAIN run between them
     (root / "text-noise-text").write_bytes(TEXT[:300_000] + NOISE[:300_000] + TEXT[:200_000])
@@ -142,11 +143,11 @@ def test_fixed_output_layouts(layout_tree: Path, tmp_path: Path, pcluster: int) 
     assert want <= found
 
 
-def test_segment_is_deterministic_and_fills_pclusters() -> None:
-    compress = _default_compressor()
+def test_segment_is_deterministic_and_fills_pclusters(lz4_path: str) -> None:
+    codec = _default_codec()
     data = TEXT[:400_000] + NOISE[:30_000] + TEXT[:100_000]
-    a = segment(data, compress, 16)
-    assert a == segment(bytes(data), compress, 16)
+    a = segment(data, codec, 16)
+    assert a == segment(bytes(data), codec, 16)
     assert sum(pc.length for pc, _ in a) == len(data)
     full = [b for pc, b in a[:-1] if pc.compressed]
     assert full and all(len(b) == 16 * BLOCK_SIZE for b in full)

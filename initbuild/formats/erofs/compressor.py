@@ -2,41 +2,72 @@
 
 Compression fills each pcluster of `maxc` blocks almost exactly, like mkfs.erofs's fixed-output
 compression: extents start anywhere inside an lcluster (docs/erofs-format.md §7.8), with big
-pclusters. Pure functions of bytes: nothing here knows about files, inodes or the image.
+pclusters. The fixed-output call comes from the system's liblz4 (lz4native.py) when it has one that
+is safe; otherwise it is emulated with python-lz4 (lz4emul.py). `INITBUILD_LZ4=python` forces the
+emulation, `INITBUILD_LZ4=native` requires liblz4. Pure functions of bytes: nothing here knows about
+files, inodes or the image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from dataclasses import dataclass
 
 import lz4.block
 
-from .format import BLKSZBITS, BLOCK_SIZE
-from .zmap import MAX_DELTA, Pcluster
+from ...errors import ConfigError, FormatError
+from . import lz4emul, lz4native
+from .extents import Piece, add_plain, compressed_piece, extent_end_limit
+from .format import BLOCK_SIZE
+from .lz4emul import SKIP_RATIO, Compress
 
 COMPRESSIONS = ("lz4hc", "lz4", "none")
-# The first compression of an extent takes at most INPUT_PER_BLOCK lclusters per pcluster block
-# (lz4hc gets slower per byte beyond its 64 KiB window); filling the pcluster may then extend very
-# compressible extents further, up to the 4 MiB chunk.
-INPUT_PER_BLOCK = 4
-FILL = 0.88  # aim the first compression of an extent at this fraction of the pcluster (rarely over)
-FILL_STEP = 0.92  # each top-up step aims at this fraction of the slack left
-FILL_STEPS = 8
-FILL_MIN_SLACK = 64  # below this, top up with literals only
-SKIP_RATIO = 0.995  # fast LZ4 shrinks a window less than this: do not try lz4hc on it
-LZ4_WINDOW = 65536
-TAIL_RETRY = 0.01  # retry a chunk's last extent at level 12 when it spills this little (of its size)
+LZ4_PATH_ENV = "INITBUILD_LZ4"  # "native" | "python"; unset: liblz4 when usable
+PYTHON_PATH = "python-lz4 (emulated fixed-output)"
+PROBE = 4 * BLOCK_SIZE  # lz4hc is tried where fast LZ4 shrinks this much input below PROBE_LIMIT
+PROBE_LIMIT = int(PROBE * SKIP_RATIO)
+# The last extent of a chunk (all of a small file) does not fill its pcluster, and only its whole
+# blocks count: level 9's deeper search makes it ~0.3% shorter than level 7's, which saves a block
+# only when level 7 spills that little into its last block. So it is compressed at level 7, 40%
+# faster, and again at level 12 when it spills at most TAIL_RETRY of its length: as many blocks as
+# level 9 with the same retry, on Debian's python3.11 and kernel-module trees.
+FINAL_LEVEL = 7
+TAIL_RETRY = 0.015
 
 
-Compress = Callable[..., bytes]  # (raw, prefix=None, level=None) -> LZ4 block without size prefix
+@dataclass(frozen=True)
+class Codec:
+    """The LZ4 block compressor of one image: `native` is liblz4's fixed-output call, or None when
+    `compress` (python-lz4: (raw, prefix=None, level=None) -> LZ4 block) emulates it."""
+
+    hc: bool  # lz4hc at `level`, else fast LZ4
+    level: int
+    compress: Compress
+    native: lz4native.Liblz4 | None
+
+    @property
+    def path(self) -> str:
+        """Which implementation ran, for reports: liblz4 and its version, or the emulation."""
+        return f"{self.native.name} (fixed-output)" if self.native else PYTHON_PATH
 
 
-def lz4_compressor(compression: str, level: int) -> Compress | None:
-    """LZ4 block compressor for a compression name of COMPRESSIONS and an lz4hc level: compress(raw),
-    or compress(raw, prefix) for a block that continues `prefix` (up to 64 KiB of the bytes before
-    raw, which its matches may reach), or with another lz4hc `level`. None for "none"."""
+def lz4_codec(compression: str, level: int) -> Codec | None:
+    """The codec for a compression name of COMPRESSIONS and an lz4hc level; None for "none"."""
     if compression == "none":
         return None
+    choice = os.environ.get(LZ4_PATH_ENV, "")
+    if choice not in ("", "native", "python"):
+        raise ConfigError(f"{LZ4_PATH_ENV} must be 'native' or 'python', not {choice!r}")
+    native = None if choice == "python" else lz4native.load()
+    if choice == "native" and native is None:
+        raise ConfigError(
+            f"{LZ4_PATH_ENV}=native, but {lz4native.SONAME} is missing or older than 1.9.3",
+            hint=f"install liblz4-1, or unset {LZ4_PATH_ENV} to use the slower python-lz4 emulation",
+        )
+    return Codec(compression == "lz4hc", level, _python_compress(compression, level), native)
+
+
+def _python_compress(compression: str, level: int) -> Compress:
     # store_size=False is mandatory: the kernel would read a size prefix as LZ4 tokens
     # (docs/erofs-format.md §7.6)
     if compression == "lz4":
@@ -53,206 +84,66 @@ def lz4_compressor(compression: str, level: int) -> Compress | None:
     return compress
 
 
-def _probe(raw: memoryview | bytes) -> int:
-    """Size of the fast LZ4 encoding: ~25x cheaper than lz4hc, used to predict it."""
-    return len(lz4.block.compress(raw, mode="default", store_size=False))
-
-
-def _literal_header(n: int) -> bytes:
-    """LZ4 token (match length 0) and length bytes of a final run of n literals."""
-    if n < 15:
-        return bytes((n << 4,))
-    k, r = divmod(n - 15, 255)
-    return b"\xf0" + b"\xff" * k + bytes((r,))
-
-
-def _last_literals(comp: bytes, raw: bytes) -> tuple[int, int] | None:
-    """(literal count, header bytes) of the final, literals-only sequence of the LZ4 block `comp`
-    that encodes `raw`, or None. A compressor ends every block with such a sequence holding the
-    last input bytes verbatim; candidates are checked from the longest, and callers verify the
-    block they derive by decompressing it."""
-    lo, hi = 0, min(len(comp) - 1, len(raw))
-    while lo < hi:  # longest common suffix of comp and raw
-        mid = (lo + hi + 1) // 2
-        if comp[-mid:] == raw[-mid:]:
-            lo = mid
-        else:
-            hi = mid - 1
-    for lit in range(lo, 4, -1):  # LZ4 blocks end with at least 5 literals
-        hdr = _literal_header(lit)
-        if comp[-lit - len(hdr) : -lit] == hdr:
-            return lit, len(hdr)
-    return None
-
-
-def _fill(
-    data: bytes, mv: memoryview, s: int, e: int, comp: bytes, compress: Compress, budget: int
-) -> tuple[bytes, int]:
-    """Grow the extent [s, e) whose LZ4 block is `comp` so that the block nearly fills `budget`
-    bytes: the fixed-output layout of mkfs.erofs (docs/erofs-format.md §7.8), without LZ4_compress_destSize.
-
-    The block's final literal run is cut off and re-encoded together with the next input bytes
-    (compressed with the preceding 64 KiB as dictionary, so matches reach back as in one block);
-    the result is spliced on. Repeated while a step fits, then the remaining slack is filled
-    with raw literals. Every result is checked by decompression; a failing step is dropped.
-    """
-    n = len(data)
-    ratio = len(comp) / (e - s)
-    for _ in range(FILL_STEPS):  # compressions, successful or not
-        slack = budget - len(comp)
-        if slack < FILL_MIN_SLACK or e >= n:
-            break
-        found = _last_literals(comp, data[s:e])
-        if found is None:
-            break
-        lit, hdr = found
-        prefix = len(comp) - lit - hdr
-        if prefix <= 0:
-            break  # no match at all: nothing to gain
-        cut = e - lit
-        room = budget - prefix
-        dic = mv[max(s, cut - LZ4_WINDOW) : cut]
-        end = min(n, e + max(16, int(slack * FILL_STEP / ratio)))
-        if n - end < BLOCK_SIZE:
-            end = n  # do not leave a sliver behind
-        tail = compress(mv[cut:end], dic)
-        if len(tail) > room:
-            # overshot: the data got less compressible; retry with the ratio just measured
-            ratio = max(ratio, len(tail) / (end - cut))
-            continue
-        merged = comp[:prefix] + tail
-        if not _decodes_to(merged, data[s:end]):
-            break
-        ratio = max(len(tail) - lit - hdr, 1) / (end - e)
-        comp, e = merged, end
-    if e < n and len(comp) < budget:
-        comp, e = _literal_fill(data, s, e, comp, budget)
-    return comp, e
-
-
-def _literal_fill(data: bytes, s: int, e: int, comp: bytes, budget: int) -> tuple[bytes, int]:
-    """Extend the final literal run of `comp` with the next input bytes, up to `budget` bytes."""
-    found = _last_literals(comp, data[s:e])
-    if found is None:
-        return comp, e
-    lit, hdr = found
-    base = len(comp) - lit - hdr
-    k = min(len(data) - e, budget - len(comp))
-    while k > 0 and base + len(_literal_header(lit + k)) + lit + k > budget:
-        k -= 1
-    if k <= 0:
-        return comp, e
-    merged = comp[:base] + _literal_header(lit + k) + data[e - lit : e + k]
-    if not _decodes_to(merged, data[s : e + k]):
-        return comp, e
-    return merged, e + k
-
-
-def _decodes_to(block: bytes, raw: bytes) -> bool:
-    try:
-        return lz4.block.decompress(block, uncompressed_size=len(raw)) == raw
-    except lz4.block.LZ4BlockError:
-        return False
-
-
-def segment(data: bytes, compress: Compress, maxc: int, hc: bool = True) -> list[tuple[Pcluster, bytes]]:
+def segment(data: bytes, codec: Codec, maxc: int) -> list[Piece]:
     """Cut `data` (a chunk starting on an lcluster boundary and ending on one or at EOF) into
-    compressed extents and PLAIN runs.
+    compressed extents of at most `maxc` blocks and PLAIN runs (extents.py)."""
+    if codec.native is None:
+        return lz4emul.segment(data, codec.compress, maxc, codec.hc)
+    return _segment_native(data, codec, codec.native, maxc)
 
-    Extents start at any byte (clusterofs != 0, docs/erofs-format.md §7.4-7.8). Each compressed
-    extent is sized so that its LZ4 block fills `maxc` blocks (the fixed-output layout mkfs.erofs
-    writes): the input length is predicted from a fast-LZ4 probe and the previous extent, then
-    `_fill` tops the block up. Compressed data is right-aligned (ZERO_PADDING,
-    docs/erofs-format.md §7.6); PLAIN runs are returned unpadded. `hc`: probe with fast LZ4 and
-    skip data it cannot shrink at all.
+
+def _segment_native(data: bytes, codec: Codec, lib: lz4native.Liblz4, maxc: int) -> list[Piece]:
+    """Each extent is what liblz4 fits into the pcluster, as mkfs.erofs does.
+
+    With lz4hc, input that fast LZ4 cannot shrink is stored PLAIN, PROBE bytes at a time, without
+    trying lz4hc on it (which is slowest on such data). The last extent of the chunk, when fast LZ4
+    shows that it fits the pcluster, is compressed at FINAL_LEVEL (see there).
     """
-    mv = memoryview(data)
     n = len(data)
     cap = maxc * BLOCK_SIZE
-    target = cap * FILL
-    nmax = min(MAX_DELTA, max(16, INPUT_PER_BLOCK * maxc)) * BLOCK_SIZE
-    out: list[tuple[Pcluster, bytes]] = []
-    ratio = 0.5  # compressed/input of the previous extent
-    kf = 0.85  # lz4hc size / fast-LZ4 size, learnt along the chunk
+    out: list[Piece] = []
     pos = 0
     while pos < n:
-        rem = n - pos
-        L = min(rem, nmax, max(2 * BLOCK_SIZE, int(target / ratio)))
-        fr = 0.0
-        piece: tuple[Pcluster, bytes, int] | None = None
-        if hc:
-            fr = _probe(mv[pos : pos + L]) / L
-            if fr < SKIP_RATIO or L < 4 * BLOCK_SIZE:
-                L = min(rem, nmax, max(2 * BLOCK_SIZE, int(target / (fr * kf))))
-            else:
-                fr = 0.0
-                L = -L  # incompressible even for the probe: store PLAIN without trying lz4hc
-        if L > 0:
-            if rem - L < 2 * BLOCK_SIZE:
-                L = rem
-            piece, L = _extent(data, mv, pos, L, compress, maxc, target, hc)
-        if piece is not None:
-            pc, block, comp_len = piece
-            out.append((pc, block))
-            ratio = max(comp_len / pc.length, 1 / 256)
-            if fr:
-                kf = min(1.0, max(0.3, ratio / fr))
-            pos += pc.length
+        end = extent_end_limit(pos, n)
+        if codec.hc and end - pos >= PROBE and not lib.shrinks(data, pos, pos + PROBE, PROBE_LIMIT):
+            pos += add_plain(out, data, pos, PROBE)
             continue
-        L = abs(L)
-        ln = rem if L >= rem else max(BLOCK_SIZE, L // BLOCK_SIZE * BLOCK_SIZE)
-        run, raw = Pcluster(ln, -(-ln // BLOCK_SIZE), False), data[pos : pos + ln]
-        if out and not out[-1][0].compressed and out[-1][0].length % BLOCK_SIZE == 0:
-            prev, prev_bytes = out.pop()  # merge PLAIN runs (a partial block only ends a chunk)
-            run, raw = Pcluster(prev.length + ln, prev.blocks + run.blocks, False), prev_bytes + raw
-        out.append((run, raw))
-        ratio = 1.0
-        pos += ln
+        level = codec.level if codec.hc else None
+        final = level is not None and level > FINAL_LEVEL and end == n and _fits(lib, data, pos, n, cap)
+        comp, took = lib.dest_size(data, pos, end, cap, FINAL_LEVEL if final else level)
+        if final and pos + took < n:  # fast LZ4 fitted, lz4hc did not: rare
+            comp, took = lib.dest_size(data, pos, end, cap, level)
+        e = pos + took
+        if e == n and level is not None and 0 < len(comp) % BLOCK_SIZE <= len(comp) * TAIL_RETRY:
+            # the chunk's last extent spills a little into its last block: the slowest lz4hc
+            # level (a few % smaller on small inputs) often saves that block
+            comp = lib.compress_hc(data, pos, e, 12, len(comp) - 1) or comp
+        piece = compressed_piece(pos, e, n, comp) if took else None
+        if piece is None:
+            pos += add_plain(out, data, pos, max(took, BLOCK_SIZE))
+            continue
+        _check(comp, data, pos, e, lib)
+        out.append(piece)
+        pos = e
     return out
 
 
-def _extent(
-    data: bytes,
-    mv: memoryview,
-    pos: int,
-    length: int,
-    compress: Compress,
-    maxc: int,
-    target: float,
-    hc: bool,
-) -> tuple[tuple[Pcluster, bytes, int] | None, int]:
-    """Compress an extent from `pos` of about `length` input bytes and fill its pcluster.
+def _fits(lib: lz4native.Liblz4, data: bytes, pos: int, end: int, cap: int) -> bool:
+    """Whether data[pos:end] surely fits `cap` bytes (LZ4's worst case), or does with fast LZ4 (and
+    then with lz4hc, nearly always)."""
+    n = end - pos
+    return n + n // 255 + 16 <= cap or lib.shrinks(data, pos, end, cap)
 
-    Returns ((Pcluster, right-aligned pcluster bytes, LZ4 length), length) when it saves blocks and
-    its index is encodable, else (None, input length tried) for the caller to store PLAIN.
-    """
-    n = len(data)
-    cap = maxc * BLOCK_SIZE
-    while True:
-        comp = compress(mv[pos : pos + length])
-        if len(comp) <= cap:
-            break
-        shorter = int(length * target / len(comp))
-        length = min(shorter, length - BLOCK_SIZE)
-        if length < 2 * BLOCK_SIZE:
-            return None, max(length, BLOCK_SIZE)
-    e = pos + length
-    if e < n:
-        comp, e = _fill(data, mv, pos, e, comp, compress, cap)
-    elif hc and len(comp) % BLOCK_SIZE and len(comp) % BLOCK_SIZE <= len(comp) * TAIL_RETRY:
-        # the chunk's last extent spills a little into its last block: the slowest lz4hc level
-        # (a few % smaller on small inputs) often saves that block
-        best = compress(mv[pos:e], level=12)
-        if len(best) < len(comp):
-            comp = best
-    blocks = -(-len(comp) // BLOCK_SIZE)
-    head = pos >> BLKSZBITS
-    # the lcluster where the next extent starts, or totalidx at the end of the chunk
-    nxt = -(-e // BLOCK_SIZE) if e == n else e >> BLKSZBITS
-    # a compressed HEAD needs a NONHEAD after it for CBLKCNT (docs/erofs-format.md §7.5), which also
-    # keeps it out of the last lcluster; and it must save at least one block over PLAIN
-    # (docs/erofs-format.md §7.8)
-    if nxt < head + 2 or blocks >= -(-(e - pos) // BLOCK_SIZE) or nxt - head > MAX_DELTA:
-        return None, e - pos
-    block = bytes(blocks * BLOCK_SIZE - len(comp)) + comp
-    return (Pcluster(e - pos, blocks, True), block, len(comp)), e - pos
+
+def _check(comp: bytes, data: bytes, pos: int, end: int, lib: lz4native.Liblz4) -> None:
+    """Decode the block with python-lz4's own copy of LZ4: a broken system library must not make an
+    image that the kernel cannot read."""
+    try:
+        ok = lz4.block.decompress(comp, uncompressed_size=end - pos) == data[pos:end]
+    except lz4.block.LZ4BlockError:
+        ok = False
+    if not ok:
+        raise FormatError(
+            f"{lib.name} produced an LZ4 block that does not decode to its input",
+            hint=f"set {LZ4_PATH_ENV}=python to use python-lz4 only",
+        )

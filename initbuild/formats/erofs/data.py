@@ -1,7 +1,7 @@
 """Phase 1 of the writer: stream regular files and symlink targets to the data blocks of the image.
 
-Regular files are cut into chunks and compressed on a thread pool (lz4 releases the GIL); results
-are consumed in canonical order and streamed to blocks 1..D, so memory stays bounded by the
+Regular files are cut into chunks and compressed on a thread pool (liblz4 runs without the GIL);
+results are consumed in canonical order and streamed to blocks 1..D, so memory stays bounded by the
 in-flight window, and the output does not depend on thread timing. Each inode's Placement records
 where its data went.
 """
@@ -19,7 +19,7 @@ from typing import BinaryIO, TypeVar
 from ...errors import ResolveError
 from ...manifest import Kind, open_entry
 from ...sysroot import Sysroot
-from .compressor import Compress, segment
+from .compressor import Codec, segment
 from .format import (
     BLOCK_SIZE,
     EROFS_INODE_COMPRESSED_COMPACT,
@@ -30,7 +30,8 @@ from .format import (
 from .layout import Node, Placement, name_bytes
 from .zmap import Pcluster
 
-CHUNK_LCLUSTERS = 1024  # 4 MiB of input per compression task: bounds memory, keeps cores busy
+CHUNK_LCLUSTERS = 1024  # 4 MiB of input per chunk: bounds memory, keeps cores busy
+BATCH_BYTES = 1 << 20  # chunks of small files are compressed together, this much input per task
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,33 +47,43 @@ class _Encoded:
     digest: bytes
 
 
-def _chunks(nodes: list[Node]) -> Iterator[_Chunk]:
+def _batches(nodes: list[Node]) -> Iterator[list[_Chunk]]:
+    """The chunks of all regular files in order, grouped into tasks of about BATCH_BYTES: one task
+    per small file would cost more in thread hand-overs than its compression."""
     step = CHUNK_LCLUSTERS * BLOCK_SIZE
+    batch: list[_Chunk] = []
+    size = 0
     for n in nodes:
         if n.entry.kind is Kind.FILE:
             for off in range(0, n.size, step):
-                yield _Chunk(n.index, off, min(step, n.size - off))
+                batch.append(_Chunk(n.index, off, min(step, n.size - off)))
+                size += batch[-1].length
+                if size >= BATCH_BYTES:
+                    yield batch
+                    batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _encode_chunk(
     chunk: _Chunk,
     nodes: list[Node],
     sysroot: Sysroot,
-    compress: Compress | None,
+    codec: Codec | None,
     maxc: int,
-    hc: bool,
 ) -> _Encoded:
     node = nodes[chunk.node]
     with open_entry(node.entry, sysroot) as f:
-        f.seek(chunk.offset)
+        if chunk.offset:
+            f.seek(chunk.offset)
         data = f.read(chunk.length)
     if len(data) != chunk.length:
         raise ResolveError(f"{node.entry.path}: source changed size while the image was written")
     # never compress a single lcluster (docs/erofs-format.md §7.10)
-    if compress is None or node.size <= BLOCK_SIZE:
+    if codec is None or node.size <= BLOCK_SIZE:
         pieces = [(Pcluster(len(data), -(-len(data) // BLOCK_SIZE), False), data)] if data else []
     else:
-        pieces = segment(data, compress, maxc, hc)
+        pieces = segment(data, codec, maxc)
     h = hashlib.blake2b(digest_size=16)
     for _, b in pieces:
         h.update(b)
@@ -187,28 +198,28 @@ def write_data(
     nodes: list[Node],
     sysroot: Sysroot,
     out: BinaryIO,
-    compress: Compress | None,
+    codec: Codec | None,
     *,
-    hc: bool,
     maxc: int,
     workers: int = 0,
 ) -> tuple[dict[int, Placement], int, bytes]:
     """Phase 1: stream file data from block 1. Returns placements, the next free block, a digest.
 
-    `compress` is None for uncompressed images; `hc`: it is lz4hc (see compressor.segment); `maxc`:
-    the largest pcluster in blocks; `workers`: compression threads (0: one per CPU).
+    `codec` is None for uncompressed images; `maxc`: the largest pcluster in blocks; `workers`:
+    compression threads (0: one per CPU).
     """
     out.seek(BLOCK_SIZE)
     dw = _DataWriter(out, 1)
     placements: dict[int, Placement] = {}
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="erofs-compress") as pool:
-        results = _ordered_map(
+        batches = _ordered_map(
             pool,
-            lambda c: _encode_chunk(c, nodes, sysroot, compress, maxc, hc),
-            _chunks(nodes),
+            lambda b: [_encode_chunk(c, nodes, sysroot, codec, maxc) for c in b],
+            _batches(nodes),
             4 * workers,
         )
+        results = (encoded for batch in batches for encoded in batch)
         step = CHUNK_LCLUSTERS * BLOCK_SIZE
         for n in nodes:
             kind = n.entry.kind

@@ -19,7 +19,7 @@ from ... import log
 from ...errors import ConfigError, FormatError
 from ...manifest import Kind, Manifest, entry_size
 from ...sysroot import Sysroot
-from .compressor import COMPRESSIONS, lz4_compressor
+from .compressor import COMPRESSIONS, lz4_codec
 from .data import write_data
 from .format import (
     BLKSZBITS,
@@ -125,6 +125,7 @@ class ErofsStats:
     dir_blocks: int  # non-inlined directory blocks
     max_pcluster_blocks: int
     uuid: str
+    compressor: str  # which LZ4 ran: "liblz4 1.9.4 (fixed-output)", the python-lz4 emulation, or ""
 
     def __str__(self) -> str:
         ratio = f"{100 * self.data_blocks * BLOCK_SIZE / self.input_bytes:.1f}%" if self.input_bytes else "-"
@@ -196,13 +197,14 @@ def write_erofs(manifest: Manifest, sysroot: Sysroot, out: BinaryIO, options: Er
     """
     sizes = {e.path: entry_size(e, sysroot) for e in manifest.entries.values() if e.kind is Kind.FILE}
     nodes = collect_nodes(manifest, options.build_time, sizes)
-    with log.step(f"Writing EROFS data ({len(sizes)} files, {options.compression})"):
+    codec = lz4_codec(options.compression, options.level)
+    how = f", {codec.path}" if codec else ""
+    with log.step(f"Writing EROFS data ({len(sizes)} files, {options.compression}{how})"):
         placements, meta_blkaddr, data_digest = write_data(
             nodes,
             sysroot,
             out,
-            lz4_compressor(options.compression, options.level),
-            hc=options.compression == "lz4hc",
+            codec,
             maxc=options.max_pcluster_blocks,
             workers=options.workers,
         )
@@ -273,6 +275,7 @@ def write_erofs(manifest: Manifest, sysroot: Sysroot, out: BinaryIO, options: Er
         dir_blocks=len(dir_blocks),
         max_pcluster_blocks=maxc,
         uuid=str(uuid_mod.UUID(bytes=image_uuid)),
+        compressor=codec.path if codec else "",
     )
 
 
