@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import __version__, log
-from .errors import ConfigError, ConfigErrors, InitbuildError
+from .errors import ConfigError, ConfigErrors, InitbuildError, ResolveError
 from .formats import compress
+from .formats.verity import VerityParams
 from .manifest import Entry, Kind, Manifest
 from .modules.context import module_check
 from .modules.hooks import Hooks
@@ -55,18 +56,19 @@ class OutputKind(StrEnum):
     """What a build writes (BuildReport.outputs[].kind)."""
 
     INITRAMFS = "initramfs"  # the cpio: stage one, or the plain image
-    STAGE2 = "stage2"  # the EROFS image
+    STAGE2 = "stage2"  # the EROFS image (with its dm-verity hash tree appended, under stage2.verity)
     CONF = "conf"  # initoverlayfs.conf, a copy of stage one's
+    UKI = "uki"  # the Unified Kernel Image: systemd-stub + kernel + stage one (uki.enabled)
 
 
-def output_names(kver: str, mode: Mode) -> dict[OutputKind, str]:
-    if mode is Mode.PLAIN:
-        return {OutputKind.INITRAMFS: f"initramfs-{kver}.img"}
-    return {
-        OutputKind.INITRAMFS: f"initramfs-{kver}.img",
-        OutputKind.STAGE2: f"initoverlayfs-{kver}.img",
-        OutputKind.CONF: "initoverlayfs.conf",
-    }
+def output_names(kver: str, mode: Mode, *, uki: bool = False) -> dict[OutputKind, str]:
+    names = {OutputKind.INITRAMFS: f"initramfs-{kver}.img"}
+    if mode is Mode.INITOVERLAYFS:
+        names[OutputKind.STAGE2] = f"initoverlayfs-{kver}.img"
+        names[OutputKind.CONF] = "initoverlayfs.conf"
+    if uki:
+        names[OutputKind.UKI] = f"initbuild-{kver}.efi"  # kernel-install's EFI/Linux/<token>-<kver>.efi
+    return names
 
 
 # -- stages --------------------------------------------------------------------------------------
@@ -86,6 +88,13 @@ def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tu
     plan = select(
         profile, specs, kver, lambda spec: module_check(spec, sysroot, profile, kver, hooks), hooks=hooks
     )
+    if profile.stage2.verity and profile.mode is Mode.INITOVERLAYFS and "verity" not in plan.names():
+        # never a silently unverified stage two
+        raise ConfigError(
+            "stage2.verity: the plan has no 'verity' module to open stage two through dm-verity",
+            location=profile.where("omit_modules:verity") or profile.where("stage2.verity"),
+            hint="remove 'verity' from omit_modules, or drop stage2.verity",
+        )
     return replace(plan, kernel=features), sysroot
 
 
@@ -135,13 +144,30 @@ def check_kernel_can_boot(profile: Profile, features: KernelFeatures) -> None:
                     location=profile.where("stage2.compression"),
                 )
             )
+    if profile.stage2.verity:
+        missing = [
+            f"CONFIG_{option}"
+            for option, state in (("BLK_DEV_DM", features.dm), ("DM_VERITY", features.dm_verity))
+            if state is Tristate.ABSENT
+        ]
+        if missing:
+            errors.append(
+                ConfigError(
+                    f"stage2.verity: kernel {features.kver} has no dm-verity ({' and '.join(missing)} "
+                    f"not set in {features.config_source}): stage two cannot be verified",
+                    location=profile.where("stage2.verity"),
+                    hint="use a kernel with CONFIG_DM_VERITY, or drop stage2.verity",
+                )
+            )
     if len(errors) == 1:
         raise errors[0]
     if errors:
         raise ConfigErrors(errors)
 
 
-def template_context(plan: Plan) -> dict[str, Any]:
+def template_context(plan: Plan, verity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The template variables. `verity`: what stage one needs to open stage two through dm-verity
+    (stage one under stage2.verity only): the tree's parameters and the files to read first."""
     p = plan.profile
     ov = p.overlay
     fs = ov.fs.replace("{kver}", plan.kver)
@@ -152,6 +178,7 @@ def template_context(plan: Plan) -> dict[str, Any]:
         "cmdline": p.cmdline,
         "root_timeout": ov.timeout,
         "overlay": {**ov.__dict__, "fs": fs},
+        "verity": verity,
     }
     # The contract between generator and /init, readable in the image (booster's init config).
     ctx["init_json"] = json.dumps(
@@ -168,6 +195,23 @@ def template_context(plan: Plan) -> dict[str, Any]:
     return ctx
 
 
+# what stage one renders for `initbuild manifest`, where stage two is not written and has no root hash
+UNWRITTEN = VerityParams(data_blocks=1, hash_offset=4096, salt=b"", root_hash=bytes(32), uuid="")
+
+
+def pid1_files(manifest: Manifest) -> tuple[str, ...]:
+    """The files stage two's PID 1 runs from: /init and the interpreter its #! line names, as real
+    paths. A read error in them would kill PID 1 (a kernel panic) before it could say anything, so
+    stage one reads them through dm-verity first and diagnoses a failure itself."""
+    init = manifest.resolve("/init")
+    if init is None:
+        return ()
+    data = manifest[init].data or b""
+    words = data[2:].split(b"\n", 1)[0].split() if data.startswith(b"#!") else []
+    interp = manifest.resolve(words[0].decode()) if words else None
+    return (init,) if interp is None else (init, interp)
+
+
 @dataclass
 class Collected:
     plan: Plan
@@ -175,19 +219,36 @@ class Collected:
     stage1: StageResult | None
     stage2: StageResult
     early: Manifest | None = None
+    kmods: KernelModules | None = None  # parsed once for both stages
+    renderer: Renderer = field(default_factory=Renderer)
 
 
-def collect(plan: Plan, sysroot: Sysroot) -> Collected:
+def collect(plan: Plan, sysroot: Sysroot, *, stage_one: bool = True) -> Collected:
+    """Stage two (or the plain image) first, then stage one: stage one carries facts about the written
+    stage two (its dm-verity root hash), so `build` collects it only once stage two is on disk
+    (`stage_one=False` here, then `collect_stage_one`). Without them, stage one shows placeholders."""
+    kmods = KernelModules(sysroot, plan.kver)
     renderer = Renderer()
-    kmods = KernelModules(sysroot, plan.kver)  # parsed once for both stages
-    stage1 = None
-    if plan.profile.mode is Mode.INITOVERLAYFS:
-        with log.step("collecting stage one"):
-            stage1 = collect_stage(1, plan, sysroot, renderer, template_context(plan), kmods)
-    with log.step("collecting stage two" if stage1 else "collecting the initramfs"):
+    overlay = plan.profile.mode is Mode.INITOVERLAYFS
+    with log.step("collecting stage two" if overlay else "collecting the initramfs"):
         stage2 = collect_stage(2, plan, sysroot, renderer, template_context(plan), kmods)
     early = microcode_manifest(sysroot) if plan.profile.early_microcode else None
-    return Collected(plan, sysroot, stage1, stage2, early)
+    col = Collected(plan, sysroot, None, stage2, early, kmods, renderer)
+    if overlay and stage_one:
+        collect_stage_one(col, None)
+    return col
+
+
+def collect_stage_one(col: Collected, verity: VerityParams | None) -> None:
+    """Collect stage one; under stage2.verity, `verity` is the hash tree of the written stage two."""
+    plan = col.plan
+    facts = None
+    if plan.profile.stage2.verity:
+        facts = {**(verity or UNWRITTEN).to_dict(), "preread": list(pid1_files(col.stage2.manifest))}
+    with log.step("collecting stage one"):
+        col.stage1 = collect_stage(
+            1, plan, col.sysroot, col.renderer, template_context(plan, facts), col.kmods
+        )
 
 
 def microcode_manifest(sysroot: Sysroot) -> Manifest | None:
@@ -252,8 +313,10 @@ class BuildReport:
     outputs: list[OutputInfo] = field(default_factory=list)
     timings: list[tuple[str, float]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    verity: dict[str, Any] | None = None  # stage two's dm-verity parameters (VerityParams.to_dict)
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"verity": self.verity} if self.verity is not None else {}
         return {
             "initbuild": __version__,
             "kernel": self.kver,
@@ -265,6 +328,7 @@ class BuildReport:
             "outputs": [o.to_json() for o in self.outputs],
             "counts": self.counts,
             "timings": [{"step": s, "seconds": round(t, 3)} for s, t in self.timings],
+            **extra,
         }
 
     def output(self, kind: OutputKind | str) -> OutputInfo:
@@ -287,7 +351,7 @@ def build(
     t0 = time.perf_counter()
     with log.step("planning"):
         plan, sysroot = make_plan(profile, modules_dirs=modules_dirs)
-    names = output_names(plan.kver, profile.mode)
+    names = output_names(plan.kver, profile.mode, uki=profile.uki.enabled)
     if not force:
         # the kernel-named images are what --force guards; initoverlayfs.conf and build.json describe
         # the latest build into the directory (as with --all-kernels) and are always replaced
@@ -298,20 +362,16 @@ def build(
                 hint="pass --force to replace them (atomically)",
             )
     log.info(f"kernel {plan.kver}, mode {profile.mode}, modules: {' '.join(plan.names())}")
-    col = collect(plan, sysroot)
+    # Stage two first: stage one bakes in facts about the written image (its dm-verity root hash).
+    col = collect(plan, sysroot, stage_one=False)
     epoch = source_date_epoch()
     report = BuildReport(plan.kver, profile.mode, profile.source, str(sysroot.root), str(outdir))
-    if col.stage1 is not None:
-        _write_cpio(
-            col,
-            col.stage1.manifest,
-            outdir / names[OutputKind.INITRAMFS],
-            profile,
-            epoch,
-            report,
-            "stage one",
-        )
-        _write_stage2(col, outdir / names[OutputKind.STAGE2], profile, epoch, report)
+    initramfs = outdir / names[OutputKind.INITRAMFS]
+    if profile.mode is Mode.INITOVERLAYFS:
+        verity = _write_stage2(col, outdir / names[OutputKind.STAGE2], profile, epoch, report)
+        collect_stage_one(col, verity)
+        assert col.stage1 is not None
+        _write_cpio(col, col.stage1.manifest, initramfs, profile, epoch, report, "stage one")
         conf = col.stage1.manifest.get("/etc/initoverlayfs.conf")
         if conf is not None and conf.data is not None:
             with atomic_output(outdir / names[OutputKind.CONF]) as f:
@@ -320,15 +380,10 @@ def build(
         report.counts["stage1_entries"] = len(col.stage1.manifest)
         report.counts["stage1_drivers"] = len(col.stage1.drivers)
     else:
-        _write_cpio(
-            col,
-            col.stage2.manifest,
-            outdir / names[OutputKind.INITRAMFS],
-            profile,
-            epoch,
-            report,
-            "plain initramfs",
-        )
+        _write_cpio(col, col.stage2.manifest, initramfs, profile, epoch, report, "plain initramfs")
+    if profile.uki.enabled:
+        _write_uki(col, initramfs, outdir / names[OutputKind.UKI], report)
+    report.outputs.sort(key=lambda o: list(OutputKind).index(o.kind))
     report.counts["stage2_entries"] = len(col.stage2.manifest)
     report.counts["stage2_drivers"] = len(col.stage2.drivers)
     report.timings = list(log.timings) + [("total", time.perf_counter() - t0)]
@@ -364,15 +419,58 @@ def _write_cpio(
     report.outputs.append(_info(path, OutputKind.INITRAMFS, str(comp)))
 
 
-def _write_stage2(col: Collected, path: Path, profile: Profile, epoch: int, report: BuildReport) -> None:
+def _write_stage2(
+    col: Collected, path: Path, profile: Profile, epoch: int, report: BuildReport
+) -> VerityParams | None:
+    """The EROFS image, then (stage2.verity) its dm-verity hash tree, appended before it is published:
+    the root hash goes into stage one and build.json."""
     from .formats.erofs.writer import ErofsOptions, write_erofs
+    from .formats.verity import append_hash_tree
 
     s2 = profile.stage2
     opts = ErofsOptions(
         compression=str(s2.compression), level=s2.level, pcluster_size=s2.pcluster_size, build_time=epoch
     )
     manifest = col.stage2.manifest
-    with log.step(f"writing stage two {path.name} ({len(manifest)} entries, EROFS {s2.compression})"):
-        with atomic_output(path) as f:
+    verity = None
+    with atomic_output(path) as f:
+        with log.step(f"writing stage two {path.name} ({len(manifest)} entries, EROFS {s2.compression})"):
             write_erofs(manifest, col.sysroot, f, opts)
+        if s2.verity:
+            with log.step("appending the dm-verity hash tree to stage two"):
+                verity = append_hash_tree(f, salt=s2.verity_salt)
     report.outputs.append(_info(path, OutputKind.STAGE2, str(s2.compression)))
+    report.verity = verity.to_dict() if verity is not None else None
+    return verity
+
+
+def _write_uki(col: Collected, initrd: Path, path: Path, report: BuildReport) -> None:
+    """systemd-stub + the kernel + `initrd` (+ .cmdline, .osrel, .uname) as one PE, signed if asked."""
+    from .formats import uki
+
+    spec, sysroot, kver = col.plan.profile.uki, col.sysroot, col.plan.kver
+    kernel = f"/boot/vmlinuz-{kver}"
+    osrel = next((p for p in ("/etc/os-release", "/usr/lib/os-release") if sysroot.exists(p)), None)
+    for what, p in (("the UEFI stub", spec.stub), ("the kernel", kernel), ("os-release", osrel)):
+        if p is None or not sysroot.exists(p):
+            raise ResolveError(
+                f"uki: {what} {p or '(/etc/os-release, /usr/lib/os-release)'} is not in the sysroot "
+                f"{sysroot.root}",
+                location=col.plan.profile.where("uki.stub" if what == "the UEFI stub" else "uki"),
+                hint="apt-get install systemd-boot-efi" if what == "the UEFI stub" else None,
+            )
+    assert osrel is not None
+    with log.step(f"writing the Unified Kernel Image {path.name}{' (signed)' if spec.signed else ''}"):
+        data = uki.build_uki(
+            sysroot.read_bytes(spec.stub), sysroot.read_bytes(kernel), initrd.read_bytes(),
+            spec.cmdline, sysroot.read_bytes(osrel).decode(), kver,
+        )  # fmt: skip
+        with atomic_output(path) as f:
+            if spec.signed:  # sbsign reads and writes files: both stay beside the output
+                with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+                    unsigned, signed = Path(tmp) / "unsigned.efi", Path(tmp) / "signed.efi"
+                    unsigned.write_bytes(data)
+                    uki.sign_uki(unsigned, signed, key=spec.key, cert=spec.cert)
+                    data = signed.read_bytes()
+            f.write(data)
+    report.outputs.append(_info(path, OutputKind.UKI, "signed" if spec.signed else "unsigned"))

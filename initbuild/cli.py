@@ -114,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
         help="output directory (default: the profile's output.dir, ./out)",
     )
     b.add_argument("--force", action="store_true", help="replace existing outputs")
+    b.add_argument("--uki", action="store_true", help="also write a Unified Kernel Image (profile's uki:)")
     b.add_argument(
         "--json",
         action="store_true",
@@ -257,6 +258,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .sysroot import Sysroot
 
     profile = _load(args)
+    if args.uki:
+        profile = replace(profile, uki=replace(profile.uki, enabled=True))
     outdir = args.output or Path(profile.output_dir)
     profiles = [profile]
     if args.all_kernels:
@@ -385,20 +388,18 @@ def _reading(image: str) -> Iterator[None]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .formats.inspect import open_image
+    from .formats.inspect import open_image, uki_lines, uki_sections
 
     with _reading(args.image):
+        sections = uki_sections(args.image)  # a UKI: its sections, then its embedded initramfs
         reader = open_image(args.image)
         members = list(reader.members())
+    listed = [{**m.__dict__, "kind": str(m.kind), "mode": f"{m.mode:04o}"} for m in members]
     if args.json:
-        print(
-            json.dumps(
-                [{**m.__dict__, "kind": str(m.kind), "mode": f"{m.mode:04o}"} for m in members], indent=1
-            )
-        )
+        uki = {"sections": [s._asdict() for s in sections], "initrd": listed} if sections else None
+        print(json.dumps(uki or listed, indent=1))
     else:
-        for m in members:
-            print(m.ls_line())
+        print("\n".join([*(uki_lines(sections) if sections else []), *(m.ls_line() for m in members)]))
     return EXIT_OK
 
 

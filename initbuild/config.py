@@ -22,6 +22,7 @@ from .profile import (
     Profile,
     Stage2Compression,
     Stage2Spec,
+    UkiSpec,
 )
 from .resources import default_profile
 
@@ -53,11 +54,14 @@ PROFILE_KEYS: dict[str, str] = {
     "panic": f"what /init does after a failure: {_values(Panic)} (default {Profile.panic})",
     "output": "{dir}: where outputs go (default ./out)",
     "stage2": f"{{compression: {_values(Stage2Compression, '|')}, level, pcluster_size, all_drivers, "
-    "firmware}",
+    "firmware, verity, verity_salt}",
     "overlay": f"{{bootfs, bootfs_hint, bootfstype, fs, fstype, timeout, attach: {_values(Attach, '|')}}}: "
     "where stage two is",
+    "uki": "{enabled, stub, cmdline, key, cert}: also write a Unified Kernel Image (signed with key+cert)",
 }
-STAGE2_KEYS = ("compression", "level", "pcluster_size", "all_drivers", "firmware")
+STAGE2_KEYS = ("compression", "level", "pcluster_size", "all_drivers", "firmware", "verity", "verity_salt")
+UKI_KEYS = ("enabled", "stub", "cmdline", "key", "cert")
+VERITY_SALT_MAX = 256  # bytes: sizeof(verity_sb.salt), formats/verity.py SALT_MAX
 OVERLAY_KEYS = ("bootfs", "bootfs_hint", "bootfstype", "fs", "fstype", "timeout", "attach")
 FILE_KEYS = ("source", "dest", "mode", "optional")
 
@@ -141,6 +145,9 @@ def _read_profile(root: yaml.Node | None, file: str) -> Profile:
         kw["stage2"] = _read_stage2(r, m["stage2"], locs)
     if "overlay" in m:
         kw["overlay"] = _read_overlay(r, m["overlay"], locs)
+    if "uki" in m:
+        kw["uki"] = _read_uki(r, m["uki"], locs)
+    _check_verity(r, kw, locs)
     r.raise_if_errors()
     return Profile(locations=locs, **{k: v for k, v in kw.items() if v is not None})
 
@@ -190,9 +197,15 @@ def _read_stage2(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location])
         and (n := r.scalar(sm["pcluster_size"], "stage2.pcluster_size", int)) is not None
     ):
         kw["pcluster_size"] = r.checked(sm["pcluster_size"], "stage2.pcluster_size", n, _check_pcluster)
-    for k in ("all_drivers", "firmware"):
+    for k in ("all_drivers", "firmware", "verity"):
         if k in sm and (b := r.scalar(sm[k], f"stage2.{k}", bool)) is not None:
             kw[k] = b
+    if "verity_salt" in sm and (salt := r.scalar(sm["verity_salt"], "stage2.verity_salt", str)) is not None:
+        key = "stage2.verity_salt"
+        try:
+            kw["verity_salt"] = r.checked(sm["verity_salt"], key, bytes.fromhex(salt), _check_salt)
+        except ValueError:
+            r.error(sm["verity_salt"], key, f"'{salt}' is not hexadecimal (such as 'a1b2c3')")
     for k, vnode in sm.items():
         locs[f"stage2.{k}"] = r.loc(vnode)
     return Stage2Spec(**{k: v for k, v in kw.items() if v is not None})
@@ -227,6 +240,58 @@ def _read_overlay(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]
         if k in kw and not kw[k]:
             r.error(om[k], f"overlay.{k}", "must not be empty")
     return OverlaySpec(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _read_uki(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> UkiSpec:
+    um = r.mapping(node, "uki", UKI_KEYS)
+    kw: dict[str, Any] = {}
+    if "enabled" in um:
+        kw["enabled"] = r.scalar(um["enabled"], "uki.enabled", bool)
+    for k in ("stub", "key", "cert"):
+        if k in um and (v := r.scalar(um[k], f"uki.{k}", str)) is not None:
+            kw[k] = r.checked(um[k], f"uki.{k}", v, _check_nonempty)
+    if "cmdline" in um and (cmdline := r.scalar(um["cmdline"], "uki.cmdline", str)) is not None:
+        kw["cmdline"] = r.checked(um["cmdline"], "uki.cmdline", cmdline, _check_uki_cmdline)
+    if "stub" in kw and kw["stub"] and not kw["stub"].startswith("/"):
+        r.error(um["stub"], "uki.stub", f"'{kw['stub']}' must be an absolute path inside the sysroot")
+    for k, other in (("key", "cert"), ("cert", "key")):
+        if k in um and other not in um:
+            r.error(um[k], f"uki.{k}", f"signing needs both uki.key and uki.cert; uki.{other} is missing")
+    for k, vnode in um.items():
+        locs[f"uki.{k}"] = r.loc(vnode)
+    return UkiSpec(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _check_verity(r: yamlread.Reader, kw: dict[str, Any], locs: dict[str, Location]) -> None:
+    """Cross-field checks of stage2.verity: it protects a stage-two image that stage one opens."""
+    stage2 = kw.get("stage2")
+    if not isinstance(stage2, Stage2Spec) or not stage2.verity:
+        return
+    if (kw.get("mode") or Profile.mode) is Mode.PLAIN:
+        r.errors.append(
+            ConfigError(
+                "stage2.verity: mode: plain has no stage two to verify",
+                location=locs.get("stage2.verity"),
+                hint="use mode: initoverlayfs",
+            )
+        )
+    overlay = kw.get("overlay")
+    if isinstance(overlay, OverlaySpec) and overlay.attach is Attach.FILE:
+        r.errors.append(
+            ConfigError(
+                "overlay.attach: file cannot be verified (stage2.verity): dm-verity needs a block device",
+                location=locs.get("overlay.attach"),
+                hint="use overlay.attach: auto or loop (with stage2.verity, auto attaches a loop device)",
+            )
+        )
+
+
+def _check_salt(v: bytes) -> str | None:
+    return f"{len(v)} bytes is too long (at most {VERITY_SALT_MAX})" if len(v) > VERITY_SALT_MAX else None
+
+
+def _check_uki_cmdline(v: str) -> str | None:
+    return "must be one line without NUL bytes" if "\n" in v or "\0" in v else None
 
 
 def _check_kver(v: str) -> str | None:

@@ -207,6 +207,25 @@ class Manifest:
         for p in reversed(missing):
             self.entries[p] = Entry(p, Kind.DIR, 0o755, provenance=_join(provenance, ("parent directory",)))
 
+    def resolve(self, path: str, depth: int = 0) -> str | None:
+        """`path` with every symlink of the image on the way followed, if it ends at a regular file."""
+        parts = [p for p in path.split("/") if p]
+        cur = ""
+        for i, part in enumerate(parts):
+            cur = f"{cur}/{part}"
+            e = self.get(cur)
+            if e is None:
+                return None
+            if e.kind is Kind.SYMLINK and e.target is not None:
+                if depth > 40:  # the kernel's limit on followed links
+                    return None
+                base = "/" if e.target.startswith("/") else posixpath.dirname(cur)
+                return self.resolve(
+                    posixpath.normpath(posixpath.join(base, e.target, *parts[i + 1 :])), depth + 1
+                )
+        e = self.get(cur or "/")
+        return cur if e is not None and e.kind is Kind.FILE else None
+
     def sorted(self) -> list[Entry]:
         """Canonical order used by every writer: by the UTF-8 bytes of the path (parents first)."""
         return [self.entries[p] for p in sorted(self.entries, key=lambda p: p.encode())]

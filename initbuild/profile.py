@@ -93,6 +93,26 @@ class Stage2Spec:
     pcluster_size: int = 65536
     all_drivers: bool = False  # every module of the kernel
     firmware: bool = True  # firmware of the selected drivers
+    verity: bool = False  # append a dm-verity hash tree; stage one bakes its root hash and checks every read
+    verity_salt: bytes | None = None  # None: derived from the image's content (reproducible)
+
+
+UKI_STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"  # Debian's systemd-boot-efi
+
+
+@dataclass(frozen=True)
+class UkiSpec:
+    """A Unified Kernel Image output: systemd-stub + kernel + stage one (+ .cmdline, .osrel, .uname)."""
+
+    enabled: bool = False
+    stub: str = UKI_STUB  # in the sysroot, like the kernel
+    cmdline: str = ""  # the .cmdline section: with Secure Boot on, the only command line the kernel gets
+    key: str = ""  # sbsign's PEM key and certificate, on the host (not in the sysroot); both or neither
+    cert: str = ""
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.key)
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,7 @@ class Profile:
     output_dir: str = "out"
     stage2: Stage2Spec = field(default_factory=Stage2Spec)
     overlay: OverlaySpec = field(default_factory=OverlaySpec)
+    uki: UkiSpec = field(default_factory=UkiSpec)
     # key path ("binaries[2]", "overlay.bootfs") -> where it was written, for located build errors
     locations: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
@@ -125,4 +146,6 @@ class Profile:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("locations")
+        salt = self.stage2.verity_salt
+        d["stage2"]["verity_salt"] = None if salt is None else salt.hex()
         return d

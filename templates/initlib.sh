@@ -7,6 +7,7 @@ IB_PANIC={{ panic | sh }}
 IB_DEBUG=0
 IB_BREAK=
 IB_KMSG=/dev/kmsg
+IB_VERITY=0
 
 # Sets IB_UP to the uptime in seconds (a builtin read: no fork per log line).
 ib_uptime() {
@@ -60,7 +61,13 @@ ib_emergency() {
 # die MESSAGE...: say what failed and why, then stop per initbuild.panic. Never returns unless
 # the user leaves the emergency shell, in which case the caller retries or continues.
 die() {
-    ib_log 2 "FATAL: $*"
+    # a failure while the kernel reports a corrupt stage-two block is that corruption, whatever the
+    # symptom was (EIO reads as "missing" to a shell test): name it (ib_verity_corrupt)
+    if [ "$IB_VERITY" = 1 ] && ib_verity_corrupt; then
+        ib_log 2 "FATAL: stage two failed verification ($IB_VERITY_ERR): $*"
+    else
+        ib_log 2 "FATAL: $*"
+    fi
     ib_emergency
     return 1
 }
@@ -286,8 +293,10 @@ ib_load_fs() {
 # exits with 0, the errno of the failed mount(2), or 255 for a wrong argument count.
 IB_MOUNT_FILE=/usr/lib/initbuild/mount-file
 
-# ib_errno STATUS: sets IB_ERRNO to the name and meaning of mount-file's exit status.
+# ib_errno STATUS [PROGRAM]: sets IB_ERRNO to the name and meaning of the exit status of mount-file
+# (or of PROGRAM, which follows the same convention: dm-ioctl).
 ib_errno() {
+    _ib_prog=${2:-$IB_MOUNT_FILE}
     case "$1" in
         1) IB_ERRNO="EPERM (operation not permitted)" ;;
         2) IB_ERRNO="ENOENT (no such file or directory)" ;;
@@ -307,9 +316,9 @@ ib_errno() {
         40) IB_ERRNO="ELOOP (too many levels of symbolic links)" ;;
         95) IB_ERRNO="EOPNOTSUPP (operation not supported)" ;;
         117) IB_ERRNO="EUCLEAN (structure needs cleaning: a corrupt filesystem)" ;;
-        126) IB_ERRNO="the shell cannot execute $IB_MOUNT_FILE" ;;
-        127) IB_ERRNO="$IB_MOUNT_FILE is missing" ;;
-        255) IB_ERRNO="$IB_MOUNT_FILE: wrong number of arguments" ;;
+        126) IB_ERRNO="the shell cannot execute $_ib_prog" ;;
+        127) IB_ERRNO="$_ib_prog is missing" ;;
+        255) IB_ERRNO="$_ib_prog: wrong number of arguments" ;;
         *) IB_ERRNO="errno $1" ;;
     esac
 }
@@ -322,6 +331,94 @@ ib_mount_file() {
     [ "$_ib_rc" -eq 0 ] && return 0
     ib_errno "$_ib_rc"
     return 1
+}
+
+# --- dm-verity (modules.d/25verity) --------------------------------------------------------------
+# Stage one maps stage two through a dm-verity target whose root hash is baked into stage one
+# (/etc/initbuild/verity.conf). The kernel checks each block of stage two against the hash tree when
+# it is read; a block that does not match is an I/O error (EIO), never data, and the kernel logs
+# "device-mapper: verity: DEV: data|metadata block N is corrupted". A shell sees EIO as a failed
+# command or a false test, so die() names the corruption whenever the kernel has reported one, and
+# ib_verity_check turns a corruption that only the kernel noticed into a failure: never a silent boot.
+IB_VERITY_CONF=/etc/initbuild/verity.conf
+IB_DM_IOCTL=/usr/lib/initbuild/dm-ioctl
+IB_DM_REQUESTS=/usr/lib/initbuild/dm
+IB_DM_NAME=initbuild-stage2
+IB_VERITY_roothash='' IB_VERITY_salt='' IB_VERITY_data_blocks='' IB_VERITY_hash_start_block=''
+IB_VERITY_hash_algorithm='' IB_VERITY_data_block_size='' IB_VERITY_hash_block_size='' IB_VERITY_preread=''
+
+# ib_verity_load: IB_VERITY=1 and IB_VERITY_<key> from verity.conf, if this stage one has one.
+# initbuild.roothash= (e.g. on a signed UKI's .cmdline) pins stage two: it must equal the baked hash.
+ib_verity_load() {
+    if [ ! -r "$IB_VERITY_CONF" ]; then
+        [ -z "${IB_ARG_roothash-}" ] || die "initbuild.roothash= is given, but this stage one was built without stage2.verity: it cannot verify stage two"
+        return 0
+    fi
+    while read -r _ib_k _ib_v; do
+        case "$_ib_k" in
+            roothash | salt | data_blocks | hash_start_block | hash_algorithm | data_block_size | hash_block_size | preread) eval "IB_VERITY_$_ib_k=\$_ib_v" ;;
+        esac
+    done < "$IB_VERITY_CONF"
+    IB_VERITY=1
+    if [ -n "${IB_ARG_roothash-}" ]; then
+        _ib_want=$(echo "$IB_ARG_roothash" | tr 'A-F' 'a-f')
+        [ "$_ib_want" = "$IB_VERITY_roothash" ] || die "initbuild.roothash=$IB_ARG_roothash is not the root hash of stage two baked into stage one ($IB_VERITY_roothash): refusing to boot it"
+    fi
+}
+
+# ib_verity_corrupt: true if the kernel has reported a corrupt dm-verity block; IB_VERITY_ERR is its line.
+ib_verity_corrupt() {
+    IB_VERITY_ERR=$(dmesg 2>/dev/null | grep 'device-mapper: verity: .* is corrupted' | head -n 1)
+    IB_VERITY_ERR=${IB_VERITY_ERR#*] }
+    [ -n "$IB_VERITY_ERR" ]
+}
+
+# ib_verity_check WHEN: a checkpoint: fail if the kernel has reported a corrupt block of stage two.
+ib_verity_check() {
+    [ "$IB_VERITY" = 1 ] || return 0
+    if ib_verity_corrupt; then
+        die "a block of stage two was rejected ($1)"
+    fi
+    return 0
+}
+
+# ib_dm WHAT FILE: send one device-mapper request with dm-ioctl (initbuild/formats/dmprog.py).
+ib_dm() {
+    "$IB_DM_IOCTL" "$2" && return 0
+    ib_errno $? "$IB_DM_IOCTL"
+    _ib_klog=$(dmesg 2>/dev/null | grep 'device-mapper:' | tail -n 2 | tr '\n' ' ')
+    die "cannot set up dm-verity for stage two: $1: $IB_ERRNO${_ib_klog:+; kernel says: $_ib_klog}"
+    return 1
+}
+
+# ib_verity_open DEV: map DEV through dm-verity (the table of verity.rst, with the baked root hash);
+# sets IB_VERITY_DEV to the verified device node.
+ib_verity_open() {
+    [ -c /dev/mapper/control ] || die "no /dev/mapper/control: the device-mapper driver (dm_mod) is not loaded"
+    _ib_req=/run/.initbuild-dm-load
+    # the request written by the build, then the target's parameters as text
+    cat "$IB_DM_REQUESTS/load" > "$_ib_req" || die "cannot copy $IB_DM_REQUESTS/load to $_ib_req"
+    printf '1 %s %s %s %s %s %s %s %s %s' "$1" "$1" "$IB_VERITY_data_block_size" "$IB_VERITY_hash_block_size" \
+        "$IB_VERITY_data_blocks" "$IB_VERITY_hash_start_block" "$IB_VERITY_hash_algorithm" \
+        "$IB_VERITY_roothash" "$IB_VERITY_salt" >> "$_ib_req"
+    ib_dm "DM_DEV_CREATE $IB_DM_NAME" "$IB_DM_REQUESTS/create" || return 1
+    ib_dm "DM_TABLE_LOAD verity over $1" "$_ib_req" || return 1
+    ib_dm "DM_DEV_SUSPEND (resume) $IB_DM_NAME" "$IB_DM_REQUESTS/resume" || return 1
+    IB_VERITY_DEV=
+    for _ib_d in /sys/block/dm-*; do
+        { read -r _ib_n < "$_ib_d/dm/name"; } 2>/dev/null || continue
+        [ "$_ib_n" = "$IB_DM_NAME" ] && IB_VERITY_DEV=/dev/${_ib_d##*/}
+    done
+    [ -b "$IB_VERITY_DEV" ] || die "the dm-verity device $IB_DM_NAME has no node in /dev"
+    info "stage two verified by dm-verity: $IB_VERITY_DEV over $1, root hash $IB_VERITY_roothash"
+}
+
+# ib_verity_preread ROOT: read (so verify) the stage-two files its PID 1 runs from before handing over:
+# a read error inside PID 1 would kill it (a kernel panic) before it could say anything.
+ib_verity_preread() {
+    for _ib_f in $IB_VERITY_preread; do
+        cat "$1$_ib_f" > /dev/null 2> /run/.initbuild-read || die "cannot read $_ib_f of stage two: $(cat /run/.initbuild-read)"
+    done
 }
 
 # Storage devices that no driver claimed: what is missing when a disk never shows up.

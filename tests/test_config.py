@@ -32,6 +32,7 @@ from initbuild.config import (
     OVERLAY_KEYS,
     PROFILE_KEYS,
     STAGE2_KEYS,
+    UKI_KEYS,
     load_profile,
     load_profile_text,
 )
@@ -448,7 +449,9 @@ def test_full_profile_uses_every_key() -> None:
     p = load_profile(path)
     assert set(data["stage2"]) == set(STAGE2_KEYS)
     assert set(data["overlay"]) == set(OVERLAY_KEYS)
+    assert set(data["uki"]) == set(UKI_KEYS)
     assert p.mode is Mode.PLAIN and p.panic is Panic.POWEROFF
+    assert p.stage2.verity_salt == bytes.fromhex("00ff10ab") and p.uki.signed and p.uki.enabled
     assert p.stage2.compression is Stage2Compression.LZ4 and p.stage2.level == 9
     assert isinstance(p.overlay.attach, Attach) and isinstance(p.compression, Compression)
     assert p.files[1] == FileSpec("/etc/passwd", "/etc/passwd.initrd", 0o600, True)

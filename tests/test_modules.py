@@ -445,6 +445,7 @@ def test_cli_plan_json_reasons(sysroot: Path, tmp_path: Path) -> None:
         {"name": "modsign", "why": "the kernel's modules are not signed (or their digest is unknown)"},
         {"name": "systemd", "why": "binary 'systemctl' not found in the sysroot"},
         {"name": "udev", "why": "binary 'udevadm' not found in the sysroot"},
+        {"name": "verity", "why": "stage2.verity is off"},
     ]
 
 
@@ -455,13 +456,15 @@ def test_cli_plan_override_and_omit(sysroot: Path, tmp_path: Path) -> None:
     profile.write_text("mode: plain\nomit_modules: [stage2]\n")
     rc, out, err = initbuild("plan", str(profile), "--sysroot", str(sysroot), "--modules-dir", str(extra))
     assert rc == 0, err
-    assert out.splitlines()[1:] == [
+    lines = out.splitlines()
+    assert lines[1 : lines.index("kernel config:")] == [
         "  00base             stage both  included by default",
         "  15storage          stage both  included by default",
         "  (not used) initoverlayfs: not used in plain mode",
         "  (not used) modsign: the kernel's modules are not signed (or their digest is unknown)",
         "  (not used) systemd: binary 'systemctl' not found in the sysroot",
         "  (not used) udev: binary 'udevadm' not found in the sysroot",
+        "  (not used) verity: not used in plain mode",
     ]
 
 

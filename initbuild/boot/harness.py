@@ -62,6 +62,9 @@ class VM:
     expect: tuple[str, ...] = ()  # stop when every one of these substrings was seen (required)
     devices: tuple[str, ...] = ()  # more -device specs, e.g. "virtio-rng-pci"
     cpu: str | None = None  # -cpu model; None: host under KVM, max under TCG (see _cpu_model)
+    # UEFI firmware (-bios, e.g. /usr/share/ovmf/OVMF.fd): it starts `kernel` as an EFI program, such
+    # as a Unified Kernel Image; then, unless `append` is given, no -append: the UKI's .cmdline rules
+    bios: Path | None = None
 
     def argv(self) -> list[str]:
         qemu = find_tool(
@@ -87,9 +90,12 @@ class VM:
             "-m", mem,
             "-kernel", str(self.kernel),
         ]  # fmt: skip
+        if self.bios is not None:
+            argv += ["-bios", str(self.bios)]
         if self.initrd is not None:
             argv += ["-initrd", str(self.initrd)]
-        argv += ["-append", f"console=ttyS0 panic=-1 {self.append}".strip()]
+        if self.bios is None or self.append:
+            argv += ["-append", f"console=ttyS0 panic=-1 {self.append}".strip()]
         if deterministic:
             argv += ["-icount", "shift=0,sleep=off", "-rtc", "base=2024-01-01T00:00:00,clock=vm"]
         for i, d in enumerate(self.disks):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import FormatError, InitbuildError
 from ..manifest import Kind, PathError, check_dest
+from . import pe, uki
 from .cpio.reader import CpioReader
 from .erofs.format import EROFS_SUPER_MAGIC_V1, EROFS_SUPER_OFFSET
 from .erofs.reader import ErofsReader
@@ -19,7 +20,8 @@ _EROFS_MAGIC = EROFS_SUPER_MAGIC_V1.to_bytes(4, "little")
 
 
 def open_image(path: str | os.PathLike[str]) -> ImageReader:
-    """Open an EROFS image or a (compressed, possibly multi-segment) cpio initramfs."""
+    """Open an EROFS image, a (compressed, possibly multi-segment) cpio initramfs, or a Unified Kernel
+    Image, whose members are those of the stage one (or plain initramfs) in its .initrd section."""
     p = Path(path)
     try:
         with open(p, "rb") as f:
@@ -28,7 +30,25 @@ def open_image(path: str | os.PathLike[str]) -> ImageReader:
         raise InitbuildError(f"cannot open {p}: {e.strerror}") from e
     if head[EROFS_SUPER_OFFSET:] == _EROFS_MAGIC:
         return ErofsReader(p)
+    if head.startswith(pe.DOS_MAGIC) and (sections := uki_sections(p)) is not None:
+        if not any(s.name == ".initrd" for s in sections):
+            raise FormatError(f"{p}: a Unified Kernel Image without an .initrd section")
+        return CpioReader(p, data=uki.extract_section(p.read_bytes(), ".initrd"))
     return CpioReader(p)
+
+
+def uki_sections(path: str | os.PathLike[str]) -> list[uki.UkiSection] | None:
+    """The PE sections of a Unified Kernel Image (the stub's and the UKI's), or None if it is not one."""
+    data = Path(path).read_bytes()
+    return uki.read_uki(data) if uki.is_uki(data) else None
+
+
+def uki_lines(sections: list[uki.UkiSection]) -> list[str]:
+    """`initbuild ls` of a UKI: its sections, then (listed by the caller) the members of its .initrd."""
+    rows = [f"Unified Kernel Image, {len(sections)} PE sections:"]
+    for s in sections:
+        rows.append(f"  {s.name:<9} vaddr 0x{s.vaddr:08x}  size {s.size:>10}  file offset 0x{s.offset:08x}")
+    return [*rows, ".initrd:"]
 
 
 def find(reader: ImageReader, path: str) -> Member:

@@ -8,7 +8,8 @@ another fstype, or `overlay.attach: loop`) stage one gets the loop driver, as be
 
 The decision is written to initoverlayfs.conf's `attach` key (file, loop, or direct when stage two is
 a whole device), and `/init` resolves `initbuild.attach=auto` the same way: `file` when the program is
-in the image, `loop` otherwise.
+in the image, `loop` otherwise. Under stage2.verity (modules.d/25verity) the image is always a block
+device, `loop+verity` or `direct+verity`: dm-verity maps block devices, not files, also on 6.12.
 """
 
 from initbuild import log
@@ -47,6 +48,10 @@ def decide(ctx):
     driver); a direct image gets it too, for a boot that names a file with initbuild.fs=."""
     ov = ctx.profile.overlay
     direct = not ov.fs or ov.attach == "direct"
+    if ctx.profile.stage2.verity:  # modules.d/25verity: dm-verity maps a block device, never a file
+        if direct:
+            return "direct", "loop", "stage2.verity: dm-verity over the stage-two device"
+        return "loop", "loop", "stage2.verity: dm-verity over a loop device, not a file-backed mount"
     if ov.attach == "loop":
         return "loop", "loop", "overlay.attach: loop"
     problems = []
@@ -78,5 +83,7 @@ def install(ctx):
         ctx.add_data(MOUNT_FILE, mountprog.build(), mode=0o755, why="file-backed mount(2) of stage two")
     else:
         ctx.add_driver("loop", optional=True)
-    # initoverlayfs.conf records what the build decided (rendered after install: see Collector.render)
-    ctx.context["overlay"] = {**ctx.context["overlay"], "attach": attach}
+    # initoverlayfs.conf records what the build decided (rendered after install: see Collector.render);
+    # "+verity": stage one maps that device through dm-verity (modules.d/25verity)
+    verity = "+verity" if ctx.profile.stage2.verity else ""
+    ctx.context["overlay"] = {**ctx.context["overlay"], "attach": attach + verity}

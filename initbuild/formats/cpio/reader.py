@@ -46,13 +46,16 @@ class CpioReader:
     the kernel unpacks; the member keeps its first position, so parents still come first.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], data: bytes | None = None):
+        """Read the file at `path`, or `data` (e.g. a UKI's .initrd section; `path` names it)."""
         self.path = Path(path)
+        raw: bytes | mmap.mmap = b"" if data is None else data
         try:
-            with open(self.path, "rb") as f:
-                # mapped, not read: the page cache holds the file once; members are views into it
-                size = os.fstat(f.fileno()).st_size
-                raw: bytes | mmap.mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            if data is None:
+                with open(self.path, "rb") as f:
+                    # mapped, not read: the page cache holds the file once; members are views into it
+                    size = os.fstat(f.fileno()).st_size
+                    raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except OSError as e:
             raise InitbuildError(f"cannot read {self.path}: {e.strerror}") from e
         self.segments: list[SegmentInfo] = []
