@@ -106,7 +106,12 @@ def _segment_native(data: bytes, codec: Codec, lib: lz4native.Liblz4, maxc: int)
     while pos < n:
         end = extent_end_limit(pos, n)
         if codec.hc and end - pos >= PROBE and not lib.shrinks(data, pos, pos + PROBE, PROBE_LIMIT):
-            pos += add_plain(out, data, pos, PROBE)
+            run = PROBE  # one PLAIN run for all the incompressible windows in a row
+            while end - pos - run >= PROBE and not lib.shrinks(
+                data, pos + run, pos + run + PROBE, PROBE_LIMIT
+            ):
+                run += PROBE
+            pos += add_plain(out, data, pos, run)
             continue
         level = codec.level if codec.hc else None
         final = level is not None and level > FINAL_LEVEL and end == n and _fits(lib, data, pos, n, cap)
