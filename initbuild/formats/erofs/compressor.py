@@ -29,8 +29,8 @@ PROBE_LIMIT = int(PROBE * SKIP_RATIO)
 # The last extent of a chunk (all of a small file) does not fill its pcluster, and only its whole
 # blocks count: level 9's deeper search makes it ~0.3% shorter than level 7's, which saves a block
 # only when level 7 spills that little into its last block. So it is compressed at level 7, 40%
-# faster, and again at level 12 when it spills at most TAIL_RETRY of its length: as many blocks as
-# level 9 with the same retry, on Debian's python3.11 and kernel-module trees.
+# faster, and again at level 12 when it spills at most TAIL_RETRY of its length: about as many
+# blocks as level 9 with the retry (docs/erofs-format.md §7.11).
 FINAL_LEVEL = 7
 TAIL_RETRY = 0.015
 
