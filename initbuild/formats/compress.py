@@ -36,61 +36,32 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import BinaryIO, Protocol
 
 import lz4.block  # type: ignore[import-untyped]
 import zstandard
 
 from ..errors import FormatError
-
-
-class Compression(StrEnum):
-    NONE = "none"
-    GZIP = "gzip"
-    XZ = "xz"
-    ZSTD = "zstd"
-    LZ4 = "lz4"
-
-    @property
-    def magic(self) -> bytes:
-        """The first bytes of a stream of this format, as lib/decompress.c matches them."""
-        return _MAGIC[self]
-
-    @property
-    def default_level(self) -> int:
-        return _DEFAULT_LEVEL[self]
-
-    @property
-    def levels(self) -> range:
-        return _LEVELS[self]
-
+from ..profile import Compression  # the one enum of this choice; this module implements each member
 
 GZIP_MAGIC = b"\x1f\x8b"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"  # le32 0x184C2102, ARCHIVE_MAGICNUMBER in lib/decompress_unlz4.c
 
-_MAGIC = {
+MAGIC = {  # the first bytes of a stream of each format, as lib/decompress.c matches them
     Compression.NONE: b"",  # uncompressed data has no magic of its own
     Compression.GZIP: GZIP_MAGIC,
     Compression.XZ: XZ_MAGIC,
     Compression.ZSTD: ZSTD_MAGIC,
     Compression.LZ4: LZ4_LEGACY_MAGIC,
 }
-_DEFAULT_LEVEL = {
+DEFAULT_LEVEL = {
     Compression.NONE: 0,
     Compression.GZIP: 9,
     Compression.XZ: 6,
     Compression.ZSTD: 15,
     Compression.LZ4: 9,
-}
-_LEVELS = {
-    Compression.NONE: range(0, 1),
-    Compression.GZIP: range(1, 10),
-    Compression.XZ: range(0, 10),
-    Compression.ZSTD: range(1, 23),
-    Compression.LZ4: range(1, 13),
 }
 # lz4 legacy framing (lib/decompress_unlz4.c: LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE; lz4io.c: LEGACY_BLOCKSIZE)
 LZ4_LEGACY_BLOCK_SIZE = 8 << 20
@@ -108,7 +79,7 @@ COPY_CHUNK = 1 << 20  # bytes per read when streaming
 def detect(head: bytes) -> Compression | None:
     """The compressed format `head` starts with, or None (uncompressed data has no magic)."""
     for c in (Compression.GZIP, Compression.XZ, Compression.ZSTD, Compression.LZ4):
-        if head.startswith(c.magic):
+        if head.startswith(MAGIC[c]):
             return c
     return None
 
@@ -244,7 +215,7 @@ class CompressWriter(io.RawIOBase):
 
 def _check_level(compression: Compression, level: int | None) -> int:
     if level is None:
-        return compression.default_level
+        return DEFAULT_LEVEL[compression]
     if level not in compression.levels:
         lo, hi = compression.levels.start, compression.levels.stop - 1
         raise FormatError(f"{compression} compression level {level} is not in {lo}..{hi}", field="level")
