@@ -314,9 +314,14 @@ class BuildReport:
     timings: list[tuple[str, float]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     verity: dict[str, Any] | None = None  # stage two's dm-verity parameters (VerityParams.to_dict)
+    # which LZ4 implementation wrote stage two ("liblz4 1.9.4 (fixed-output)" or the python-lz4
+    # emulation); empty when stage two is uncompressed or there is no stage two
+    stage2_compressor: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        extra = {"verity": self.verity} if self.verity is not None else {}
+        extra: dict[str, Any] = {"verity": self.verity} if self.verity is not None else {}
+        if self.stage2_compressor:
+            extra["stage2_compressor"] = self.stage2_compressor
         return {
             "initbuild": __version__,
             "kernel": self.kver,
@@ -435,7 +440,8 @@ def _write_stage2(
     verity = None
     with atomic_output(path) as f:
         with log.step(f"writing stage two {path.name} ({len(manifest)} entries, EROFS {s2.compression})"):
-            write_erofs(manifest, col.sysroot, f, opts)
+            stats = write_erofs(manifest, col.sysroot, f, opts)
+            report.stage2_compressor = stats.compressor
         if s2.verity:
             with log.step("appending the dm-verity hash tree to stage two"):
                 verity = append_hash_tree(f, salt=s2.verity_salt)

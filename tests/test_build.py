@@ -311,3 +311,20 @@ def test_kmod_modprobe_in_stage_two_resolves_like_the_installed_tree(
                 loaded.add(mod.name)
         compared += 1
     assert compared >= 10, compared
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_build_json_says_which_lz4_wrote_stage_two(
+    tmp_path: Path, kver: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The native fixed-output LZ4 (system liblz4 through ctypes) or the python-lz4 emulation: both
+    write valid images, and build.json records which one ran."""
+    from initbuild.formats.erofs import lz4native
+
+    if path == "native" and lz4native.load() is None:
+        pytest.skip("no usable system liblz4 (liblz4-1 >= 1.9.3)")
+    monkeypatch.setenv("INITBUILD_LZ4", path)
+    out = _build(tmp_path / "out", kver)
+    report = json.loads((out / "build.json").read_text())
+    expected = "liblz4" if path == "native" else "python-lz4"
+    assert report["stage2_compressor"].startswith(expected), report
