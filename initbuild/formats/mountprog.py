@@ -26,9 +26,11 @@ device for other architectures.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 from ..errors import InitbuildError
+from ..sysroot import Sysroot
 
 # -- ELF constants (include/uapi/linux/elf.h, System V gABI) ------------------------------------
 ELFMAG = b"\x7fELF"
@@ -251,6 +253,17 @@ def elf_machine(header: bytes) -> int | None:
     fmt = "<H" if header[5] == ELFDATA2LSB else ">H"
     machine: int = struct.unpack_from(fmt, header, 18)[0]
     return machine
+
+
+def userspace_machine(sysroot: Sysroot, find_binary: Callable[[str], str | None]) -> int | None:
+    """e_machine of the userspace stage one runs (its busybox, else its sh), or None if unknown:
+    the tiny programs initbuild writes (mount-file, dm-ioctl) must match it."""
+    for name in ("busybox", "sh"):
+        path = find_binary(name)
+        if path is not None:
+            with sysroot.open(path) as f:
+                return elf_machine(f.read(20))
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover - print the listing

@@ -33,13 +33,7 @@ def _kernel_mounts_files(sysroot, kver):
 
 
 def _machine(ctx):
-    """e_machine of the userspace stage one runs (its busybox, else its sh), or None if unknown."""
-    for name in ("busybox", "sh"):
-        path = ctx.find_binary(name)
-        if path is not None:
-            with ctx.sysroot.open(path) as f:
-                return mountprog.elf_machine(f.read(20))
-    return None
+    return mountprog.userspace_machine(ctx.sysroot, ctx.find_binary)
 
 
 def decide(ctx):

@@ -19,12 +19,7 @@ SECTOR = 512
 
 
 def _machine(ctx):
-    for name in ("busybox", "sh"):
-        path = ctx.find_binary(name)
-        if path is not None:
-            with ctx.sysroot.open(path) as f:
-                return mountprog.elf_machine(f.read(20))
-    return None
+    return mountprog.userspace_machine(ctx.sysroot, ctx.find_binary)
 
 
 def check(ctx):
