@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import __version__, log
 from .errors import ConfigError, ConfigErrors, InitbuildError, ResolveError
@@ -25,6 +22,7 @@ from .modules.plan import Plan, select
 from .modules.spec import discover
 from .modules.stages import StageResult, collect_stage
 from .profile import Mode, Profile
+from .publish import atomic_output, source_date_epoch
 from .resolve.kconfig import KernelFeatures, Tristate, kernel_features
 from .resolve.kernels import resolve_kernel
 from .resolve.kmod import KernelModules
@@ -32,24 +30,10 @@ from .resources import module_dirs
 from .sysroot import Sysroot
 from .templates import Renderer
 
-DEFAULT_EPOCH = 0  # timestamps when SOURCE_DATE_EPOCH is unset: fixed, so builds are reproducible
 MICROCODE = {  # early cpio path -> firmware directory whose files are concatenated (x86 early loading)
     "/kernel/x86/microcode/GenuineIntel.bin": "/lib/firmware/intel-ucode",
     "/kernel/x86/microcode/AuthenticAMD.bin": "/lib/firmware/amd-ucode",
 }
-
-
-def source_date_epoch() -> int:
-    v = os.environ.get("SOURCE_DATE_EPOCH")
-    if v is None or v == "":
-        return DEFAULT_EPOCH
-    try:
-        n = int(v)
-    except ValueError:
-        raise ConfigError(f"SOURCE_DATE_EPOCH={v!r} is not an integer number of seconds") from None
-    if n < 0 or n > 0xFFFFFFFF:
-        raise ConfigError(f"SOURCE_DATE_EPOCH={v} is out of range")
-    return n
 
 
 class OutputKind(StrEnum):
@@ -267,26 +251,6 @@ def microcode_manifest(sysroot: Sysroot) -> Manifest | None:
 
 
 # -- outputs -------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """Write to a temporary file next to `path`, then rename over it: never a torn output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 @dataclass

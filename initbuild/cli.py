@@ -431,7 +431,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_erofs(args: argparse.Namespace) -> int:
-    from .build import atomic_output, source_date_epoch
+    from .publish import atomic_output, source_date_epoch
     from .formats.erofs.writer import ErofsOptions, write_erofs
     from .manifest import from_tree
     from .sysroot import Sysroot

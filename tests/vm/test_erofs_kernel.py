@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from initbuild.boot.harness import VM, Disk, boot
-from initbuild.build import atomic_output, build
+from initbuild.build import build
 from initbuild.config import load_profile_text
 from initbuild.formats.erofs.compressor import LZ4_PATH_ENV
 from initbuild.formats.erofs.writer import ErofsOptions, write_erofs
 from initbuild.manifest import from_tree
+from initbuild.publish import atomic_output
 from initbuild.resources import shipped_modules_dir
 from initbuild.sysroot import Sysroot
 
