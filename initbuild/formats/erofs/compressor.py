@@ -121,8 +121,9 @@ def _segment_native(data: bytes, codec: Codec, lib: lz4native.Liblz4, maxc: int)
         e = pos + took
         if e == n and level is not None and 0 < len(comp) % BLOCK_SIZE <= len(comp) * TAIL_RETRY:
             # the chunk's last extent spills a little into its last block: the slowest lz4hc
-            # level (a few % smaller on small inputs) often saves that block
-            comp = lib.compress_hc(data, pos, e, 12, len(comp) - 1) or comp
+            # level (a few % smaller on small inputs) often saves that block. Only a result one
+            # block shorter is any use, and liblz4 gives up as soon as its output passes the limit.
+            comp = lib.compress_hc(data, pos, e, 12, len(comp) - len(comp) % BLOCK_SIZE) or comp
         piece = compressed_piece(pos, e, n, comp) if took else None
         if piece is None:
             pos += add_plain(out, data, pos, max(took, BLOCK_SIZE))
