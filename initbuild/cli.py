@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load(args: argparse.Namespace) -> Any:
     from .config import load_profile
-    from .profile import Mode
+    from .profile import HostOnly, Mode
 
     overrides: dict[str, Any] = {}
+    if args.hostonly:
+        overrides["hostonly"] = HostOnly(args.hostonly)
     if args.sysroot:
         overrides["sysroot"] = str(args.sysroot)
     if args.kver:
@@ -89,7 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         profiles = [replace(profile, kernel=k) for k in kernels]
     reports = []
     for p in profiles:
-        report = build(p, outdir, force=args.force, modules_dirs=_dirs(args))
+        report = build(p, outdir, force=args.force, modules_dirs=_dirs(args), image_dir=args.boot_dir)
         reports.append(report.to_json())
         for o in report.outputs:
             log.info(f"  {outdir / o.path}  {o.size / 1e6:8.2f} MB  {o.kind} ({o.compression})")
@@ -123,11 +125,14 @@ def _print_tree(data: dict[str, Any], indent: str = "") -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .build import make_plan
 
-    plan, _ = make_plan(_load(args), modules_dirs=_dirs(args))
+    profile = _load(args)
+    plan, _ = make_plan(profile, modules_dirs=_dirs(args), image_dir=args.boot_dir or profile.output_dir)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
         return EXIT_OK
     print(f"kernel {plan.kver}, mode {plan.profile.mode}, sysroot {plan.profile.sysroot}")
+    for line in _host_lines(plan):
+        print(line)
     for m in plan.modules:
         print(f"  {m.spec.priority:02d}{m.name:<16} stage {m.spec.stage:<4}  {m.reason}")
     for name, why in plan.unavailable:
@@ -139,10 +144,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _host_lines(plan: Any) -> list[str]:
+    """`initbuild plan`: how the `auto` keys were resolved, and what detection found where."""
+    h = plan.host_json()
+    r = h["resolved"]
+    lines = [
+        f"hostonly: {plan.profile.hostonly}, {h['mode']} build: bootfs {r['overlay.bootfs']} "
+        f"({r['overlay.bootfstype']}), fs {r['overlay.fs']}"
+    ]
+    if r["cmdline"]:
+        lines.append(f"  cmdline defaults: {r['cmdline']}")
+    if plan.host is not None:
+        lines += [f"  {line}" for line in plan.host.describe()]
+    return lines + [f"  warning: {w}" for w in plan.warnings]
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     from .build import collect, make_plan
 
-    plan, sysroot = make_plan(_load(args), modules_dirs=_dirs(args))
+    profile = _load(args)
+    plan, sysroot = make_plan(
+        profile, modules_dirs=_dirs(args), image_dir=args.boot_dir or profile.output_dir
+    )
     col = collect(plan, sysroot)
     stages = {1: col.stage1, 2: col.stage2}
     wanted = [args.stage] if args.stage else [s for s in (1, 2) if stages[s] is not None]

@@ -40,6 +40,27 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kver", metavar="VERSION", help="kernel version (overrides the profile's `kernel`)")
     p.add_argument("--mode", choices=("initoverlayfs", "plain"), help="override the profile's mode")
+    host = p.add_mutually_exclusive_group()
+    host.add_argument(
+        "--generic",
+        dest="hostonly",
+        action="store_const",
+        const="no",
+        help="images for any machine: overlay auto keys get the generic defaults (hostonly: no)",
+    )
+    host.add_argument(
+        "--hostonly",
+        dest="hostonly",
+        action="store_const",
+        const="yes",
+        help="images for the target system only; failing to detect its disks is an error (hostonly: yes)",
+    )
+    p.add_argument(
+        "--boot-dir",
+        metavar="DIR",
+        help="where the images will be on the target, when not the output directory (a hook that "
+        "builds into a staging directory): host-aware builds find the boot filesystem from it",
+    )
     p.add_argument(
         "--modules-dir",
         metavar="DIR",
