@@ -13,9 +13,9 @@ from . import yamlread
 from .errors import ConfigError, Location
 from .manifest import PathError, check_dest
 from .profile import (
+    AUTO,
     Attach,
     Compression,
-    AUTO,
     FileSpec,
     HostOnly,
     Mode,

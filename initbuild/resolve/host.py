@@ -411,7 +411,7 @@ def resolve_profile(profile: Profile, info: HostInfo) -> tuple[Profile, str]:
         raise ConfigError(
             f"hostonly: yes: cannot find {why}",
             location=profile.where("hostonly"),
-            hint="pin overlay.bootfs (with bootfstype and fs), or build generic images (hostonly: no, --generic)",
+            hint="pin overlay.bootfs (with bootfstype and fs), or build generic images (--generic)",
         )
     if not host and profile.hostonly is HostOnly.AUTO:
         warning = (
