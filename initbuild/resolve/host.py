@@ -227,12 +227,20 @@ def _spec_of(sysroot: Sysroot, m: MountEntry, fstab: list[MountEntry]) -> tuple[
 
 
 def detect_host(
-    profile: Profile, sysroot: Sysroot, kver: str, outdir: str | os.PathLike[str] | None = None
+    profile: Profile,
+    sysroot: Sysroot,
+    kver: str,
+    outdir: str | os.PathLike[str] | None = None,
+    *,
+    running: bool | None = None,
 ) -> HostInfo:
-    """Everything host mode needs, read from the target; nothing for hostonly: no."""
+    """Everything host mode needs, read from the target; nothing for hostonly: no. `running`: read the
+    sysroot's /proc, /sys and /dev as the running system's (default: when the sysroot is "/"; tests
+    set it for fake trees)."""
     if profile.hostonly is HostOnly.NO:
         return HostInfo(profile.hostonly)
-    running = sysroot.root == Path("/")
+    if running is None:
+        running = sysroot.root == Path("/")
     missing: list[str] = []
     notes: list[str] = []
     img = image_dir(sysroot, outdir)
