@@ -184,6 +184,7 @@ def template_context(plan: Plan, verity: dict[str, Any] | None = None) -> dict[s
         "cmdline": p.cmdline,
         "root_timeout": ov.timeout,
         "overlay": {**ov.__dict__, "fs": fs},
+        "hostonly": "host" if plan.host_mode else "generic",  # how the `auto` overlay keys were resolved
         "verity": verity,
     }
     # The contract between generator and /init, readable in the image (booster's init config).

@@ -131,8 +131,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_json(), indent=2))
         return EXIT_OK
     print(f"kernel {plan.kver}, mode {plan.profile.mode}, sysroot {plan.profile.sysroot}")
-    for line in _host_lines(plan):
-        print(line)
     for m in plan.modules:
         print(f"  {m.spec.priority:02d}{m.name:<16} stage {m.spec.stage:<4}  {m.reason}")
     for name, why in plan.unavailable:
@@ -141,6 +139,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print("kernel config:")
         for line in plan.kernel.describe():
             print(f"  {line}")
+    for line in _host_lines(plan):
+        print(line)
     return EXIT_OK
 
 
@@ -154,8 +154,11 @@ def _host_lines(plan: Any) -> list[str]:
     ]
     if r["cmdline"]:
         lines.append(f"  cmdline defaults: {r['cmdline']}")
-    if plan.host is not None:
-        lines += [f"  {line}" for line in plan.host.describe()]
+    if plan.host is not None and (found := plan.host.describe()):
+        indent = "  " if plan.host_mode else "    "
+        if not plan.host_mode:
+            lines.append("  detected, not used by this generic build:")
+        lines += [f"{indent}{line}" for line in found]
     return lines + [f"  warning: {w}" for w in plan.warnings]
 
 

@@ -390,6 +390,7 @@ def test_a_build_bakes_the_resolved_values(tmp_path: Path) -> None:
     assert cp.returncode == 0, cp.stderr.decode()
     conf = (out / "initoverlayfs.conf").read_text()
     assert f"\nbootfs UUID={ROOT_UUID}\nbootfstype ext4\nfs /boot/initoverlayfs-{FAKE_KVER}.img\n" in conf
+    assert "\n# Host-aware build: " in conf
     stage2 = open_image(out / f"initoverlayfs-{FAKE_KVER}.img")
     baked = stage2.read(find(stage2, "/etc/cmdline.d/50-profile.conf")).decode()
     assert baked.strip() == f"root=UUID={ROOT_UUID} rootfstype=ext4 initbuild.fsck=1"
@@ -399,3 +400,25 @@ def test_a_build_bakes_the_resolved_values(tmp_path: Path) -> None:
     cp = ib("build", "--generic", "--sysroot", str(root), "-o", str(out), "-q", "--force")
     conf = (out / "initoverlayfs.conf").read_text()
     assert f"\nbootfs {GENERIC_BOOTFS}\nbootfstype ext4\nfs /initoverlayfs-{FAKE_KVER}.img\n" in conf
+    assert "\n# Generic build: " in conf
+
+
+def test_debian_postinst_hook_places_stage_two_where_it_publishes_it(tmp_path: Path) -> None:
+    """The hook builds into a staging directory under the boot directory, then renames: --boot-dir
+    makes overlay.fs name the final place (/boot/...), not the staging directory."""
+    from initbuild.resources import kernel_hook
+
+    root = fake(tmp_path)
+    wrapper = write(tmp_path, "initbuild", f'#!/bin/sh\nexec {sys.executable} -m initbuild "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        "INITBUILD": str(wrapper),
+        "INITBUILD_SYSROOT": str(root),
+        "INITBUILD_BOOT_DIR": str(root / "boot"),
+    }
+    hook = ["sh", str(kernel_hook("debian-postinst")), FAKE_KVER, f"/boot/vmlinuz-{FAKE_KVER}"]
+    cp = run.run(hook, env=env, check=False)
+    assert cp.returncode == 0, cp.stderr.decode()
+    conf = (root / "boot" / f"initoverlayfs-{FAKE_KVER}.conf").read_text()
+    assert f"\nbootfs UUID={ROOT_UUID}\nbootfstype ext4\nfs /boot/initoverlayfs-{FAKE_KVER}.img\n" in conf
+    assert (root / "boot" / f"initoverlayfs-{FAKE_KVER}.img").is_file()
