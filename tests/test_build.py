@@ -77,7 +77,8 @@ def _cpio_extract(image: Path, dest: Path) -> None:
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])
 def test_gnu_cpio_extracts_the_manifest(tmp_path: Path, compression: str, kver: str) -> None:
     profile = load_profile_text(
-        f"mode: plain\nkernel: {kver}\nhostonly: no\ncompression: {compression}\nearly_microcode: false\n", "t.yaml"
+        f"mode: plain\nkernel: {kver}\nhostonly: no\ncompression: {compression}\nearly_microcode: false\n",
+        "t.yaml",
     )
     build(profile, tmp_path / "out", force=True)
     _cpio_extract(next((tmp_path / "out").glob("initramfs-*.img")), tmp_path / "x")

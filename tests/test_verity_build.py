@@ -170,7 +170,9 @@ def test_omitting_the_verity_module_never_builds_an_unverified_stage_two(kver: s
     from initbuild.build import make_plan
 
     with pytest.raises(ConfigError, match="no 'verity' module"):
-        make_plan(load_profile_text(f"kernel: {kver}\nhostonly: no\nomit_modules: [verity]\n{VERITY}", "p.yaml"))
+        make_plan(
+            load_profile_text(f"kernel: {kver}\nhostonly: no\nomit_modules: [verity]\n{VERITY}", "p.yaml")
+        )
 
 
 # -- the stage-two files PID 1 runs from ----------------------------------------------------------
