@@ -316,6 +316,16 @@ def test_running_system_without_uuid_link_uses_the_fstab_entry(tmp_path: Path) -
     assert info.bootfs is None and "no UUID for /dev/vda1 (mounted on /" in info.missing[0]
 
 
+def test_running_system_output_on_tmpfs(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    virtio_machine(root)
+    with open(root / "proc/self/mountinfo", "a") as f:
+        f.write("41 27 0:44 / /tmp rw,nosuid - tmpfs tmpfs rw\n")
+    info = detect(root, outdir=root / "tmp/out", running=True)
+    assert info.bootfs is None and "/tmp is tmpfs (tmpfs), not a block device" in info.missing[0]
+    assert info.root is not None and info.root.value == f"UUID={ROOT_UUID}"  # fstab's /
+
+
 def test_running_system_nvme(tmp_path: Path) -> None:
     root = tree(tmp_path, fstab=None)
     write(root, "/proc/self/mountinfo", "27 1 259:1 / / rw - xfs /dev/nvme0n1p1 rw\n")

@@ -217,6 +217,8 @@ def _spec_of(sysroot: Sysroot, m: MountEntry, fstab: list[MountEntry]) -> tuple[
     """A mountinfo entry's device as UUID= (by-uuid), else its fstab entry's UUID=/LABEL=."""
     if (fact := _by_uuid(sysroot, m)) is not None:
         return fact, ""
+    if not m.spec.startswith("/dev/") and not sysroot.exists(f"/sys/dev/block/{m.devno}"):
+        return None, f"{m.where}: {m.mountpoint} is {m.fstype} ({m.spec}), not a block device"
     for f in fstab:
         if f.mountpoint == m.mountpoint and f.spec.startswith(("UUID=", "LABEL=")):
             return Fact(f.spec, f"{m.where}: {m.mountpoint} on {m.spec}; {f.where}"), ""
