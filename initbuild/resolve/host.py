@@ -11,6 +11,8 @@ the drivers behind the disks added to boot_drivers. docs/hostonly.md describes t
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import os
 import posixpath
 import re
@@ -21,7 +23,7 @@ from typing import Any
 from ..errors import ConfigError, ResolveError
 from ..profile import AUTO, GENERIC_BOOTFS, GENERIC_BOOTFSTYPE, GENERIC_FS, HostOnly, Profile
 from ..sysroot import Sysroot, normpath
-from .kmod import KernelModules
+from .kmod import KernelModules, normalize
 
 FSTAB = "/etc/fstab"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -354,7 +356,34 @@ def _unique(facts: list[Fact]) -> list[Fact]:
 
 
 def _loadable(kmods: KernelModules, name: str) -> list[str]:
-    return [f.name for f in kmods.lookup(name) if not f.builtin]
+    """[name] when the target kernel has it as a loadable module (not built in, not absent). By name
+    only: KernelModules.lookup would try every modules.alias pattern for a name it does not know."""
+    key = normalize(name)
+    return [key] if not kmods.is_builtin(key) and key in _module_names(kmods) else []
+
+
+@functools.lru_cache(maxsize=4)
+def _module_names(kmods: KernelModules) -> frozenset[str]:
+    return frozenset(kmods.all_modules())
+
+
+@functools.lru_cache(maxsize=4)
+def _alias_index(kmods: KernelModules) -> tuple[tuple[str, str, str], ...]:
+    """(literal prefix, pattern, module) of every modules.alias line: a prefix test first makes
+    matching one modalias ~100x faster than fnmatch over all (~20000) patterns."""
+    return tuple(
+        (re.split(r"[*?\[]", pat, maxsplit=1)[0], pat, mod)
+        for mod, patterns in kmods.raw_aliases().items()
+        for pat in patterns
+    )
+
+
+def _modalias_modules(kmods: KernelModules, alias: str) -> list[str]:
+    """The loadable modules whose modules.alias patterns match a device's modalias."""
+    found = [
+        m for lit, pat, m in _alias_index(kmods) if alias.startswith(lit) and fnmatch.fnmatchcase(alias, pat)
+    ]
+    return [n for m in dict.fromkeys(found) for n in _loadable(kmods, m)]
 
 
 def _fs_driver(kmods: KernelModules, fstype: Fact) -> list[Fact]:
@@ -383,7 +412,7 @@ def device_drivers(sysroot: Sysroot, kmods: KernelModules, block: str, depth: in
             if sysroot.exists(f"{dev}/driver/module"):
                 names = _loadable(kmods, posixpath.basename(sysroot.resolve(f"{dev}/driver/module")))
             if not names and alias:
-                names = _loadable(kmods, alias)
+                names = _modalias_modules(kmods, alias)
             what = alias or "driver " + posixpath.basename(sysroot.resolve(f"{dev}/driver"))
             out += [Fact(n, f"{dev} ({what})") for n in names]
         dev = posixpath.dirname(dev)
