@@ -23,6 +23,7 @@ from .modules.spec import discover
 from .modules.stages import StageResult, collect_stage
 from .profile import Mode, Profile
 from .publish import atomic_output, source_date_epoch
+from .resolve.host import resolve_host
 from .resolve.kconfig import KernelFeatures, Tristate, kernel_features
 from .resolve.kernels import resolve_kernel
 from .resolve.kmod import KernelModules
@@ -55,16 +56,20 @@ def output_names(kver: str, mode: Mode, *, uki: bool = False) -> dict[OutputKind
     return names
 
 
-# -- stages --------------------------------------------------------------------------------------
-
-
-def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tuple[Plan, Sysroot]:
+def make_plan(
+    profile: Profile, *, modules_dirs: list[Path] | None = None, image_dir: str | Path | None = None
+) -> tuple[Plan, Sysroot]:
+    """`image_dir`: where the outputs will be on the target (resolve/host.py: absolute, else /boot)."""
     sysroot = Sysroot(profile.sysroot)
     if not sysroot.root.is_dir():
         raise InitbuildError(
             f"sysroot {sysroot.root} does not exist or is not a directory", location=profile.where("sysroot")
         )
     kver = resolve_kernel(sysroot, profile)
+    # the `auto` keys resolved from the target or generically: the pipeline reads the profile as before
+    profile, host, is_host, warning = resolve_host(profile, sysroot, kver, image_dir)
+    if warning:
+        log.warning(warning)
     specs = discover(modules_dirs or module_dirs())
     hooks = Hooks()  # each module.py is imported once per build: here, by its check, or at install
     features = kernel_features(sysroot, kver)
@@ -79,7 +84,8 @@ def make_plan(profile: Profile, *, modules_dirs: list[Path] | None = None) -> tu
             location=profile.where("omit_modules:verity") or profile.where("stage2.verity"),
             hint="remove 'verity' from omit_modules, or drop stage2.verity",
         )
-    return replace(plan, kernel=features), sysroot
+    warns = (warning,) if warning else ()
+    return replace(plan, kernel=features, host=host, host_mode=is_host, warnings=warns), sysroot
 
 
 # profile name -> the EROFS algorithm it needs (none: stored uncompressed)
@@ -162,6 +168,7 @@ def template_context(plan: Plan, verity: dict[str, Any] | None = None) -> dict[s
         "cmdline": p.cmdline,
         "root_timeout": ov.timeout,
         "overlay": {**ov.__dict__, "fs": fs},
+        "hostonly": "host" if plan.host_mode else "generic",  # how the `auto` overlay keys were resolved
         "verity": verity,
     }
     # The contract between generator and /init, readable in the image (booster's init config).
@@ -281,9 +288,12 @@ class BuildReport:
     # which LZ4 implementation wrote stage two ("liblz4 1.9.4 (fixed-output)" or the python-lz4
     # emulation); empty when stage two is uncompressed or there is no stage two
     stage2_compressor: str = ""
+    host: dict[str, Any] | None = None  # how `auto` was resolved, from what (Plan.host_json)
 
     def to_json(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"verity": self.verity} if self.verity is not None else {}
+        if self.host is not None:
+            extra["host"] = self.host
         if self.stage2_compressor:
             extra["stage2_compressor"] = self.stage2_compressor
         return {
@@ -314,12 +324,18 @@ def _sha256(path: Path) -> str:
 
 
 def build(
-    profile: Profile, outdir: Path, *, force: bool = False, modules_dirs: list[Path] | None = None
+    profile: Profile,
+    outdir: Path,
+    *,
+    force: bool = False,
+    modules_dirs: list[Path] | None = None,
+    image_dir: str | Path | None = None,  # where the outputs will be on the target, if not outdir
 ) -> BuildReport:
     log.timings.clear()
     t0 = time.perf_counter()
     with log.step("planning"):
-        plan, sysroot = make_plan(profile, modules_dirs=modules_dirs)
+        plan, sysroot = make_plan(profile, modules_dirs=modules_dirs, image_dir=image_dir or outdir)
+    profile = plan.profile  # resolved: no `auto` left
     names = output_names(plan.kver, profile.mode, uki=profile.uki.enabled)
     if not force:
         # the kernel-named images are what --force guards; initoverlayfs.conf and build.json describe
@@ -335,6 +351,7 @@ def build(
     col = collect(plan, sysroot, stage_one=False)
     epoch = source_date_epoch()
     report = BuildReport(plan.kver, profile.mode, profile.source, str(sysroot.root), str(outdir))
+    report.host = plan.host_json()
     initramfs = outdir / names[OutputKind.INITRAMFS]
     if profile.mode is Mode.INITOVERLAYFS:
         verity = _write_stage2(col, outdir / names[OutputKind.STAGE2], profile, epoch, report)

@@ -13,9 +13,11 @@ from . import yamlread
 from .errors import ConfigError, Location
 from .manifest import PathError, check_dest
 from .profile import (
+    AUTO,
     Attach,
     Compression,
     FileSpec,
+    HostOnly,
     Mode,
     OverlaySpec,
     Panic,
@@ -40,6 +42,8 @@ PROFILE_KEYS: dict[str, str] = {
     "mode": "initoverlayfs (stage one cpio + stage two EROFS, default) or plain (one cpio)",
     "kernel": "kernel version, or 'auto': the newest with both /boot/vmlinuz-V and /lib/modules/V",
     "sysroot": "the tree to build from (default /)",
+    "hostonly": f"{_values(HostOnly, ' | ')}: resolve overlay.bootfs/bootfstype/fs 'auto', the root's "
+    "type and the storage drivers from the target system (default auto; docs/hostonly.md)",
     "modules": "modules.d modules to add to those included by default",
     "omit_modules": "modules.d modules never to include",
     "drivers": "extra kernel drivers (names or aliases) for stage two",
@@ -56,7 +60,7 @@ PROFILE_KEYS: dict[str, str] = {
     "stage2": f"{{compression: {_values(Stage2Compression, '|')}, level, pcluster_size, all_drivers, "
     "firmware, verity, verity_salt}",
     "overlay": f"{{bootfs, bootfs_hint, bootfstype, fs, fstype, timeout, attach: {_values(Attach, '|')}}}: "
-    "where stage two is",
+    "where stage two is (bootfs, bootfstype, fs default to auto: see hostonly)",
     "uki": "{enabled, stub, cmdline, key, cert}: also write a Unified Kernel Image (signed with key+cert)",
 }
 STAGE2_KEYS = ("compression", "level", "pcluster_size", "all_drivers", "firmware", "verity", "verity_salt")
@@ -107,6 +111,8 @@ def _read_profile(root: yaml.Node | None, file: str) -> Profile:
         kw["kernel"] = r.checked(m["kernel"], "kernel", kver, _check_kver)
     if "sysroot" in m and (root_dir := r.scalar(m["sysroot"], "sysroot", str)) is not None:
         kw["sysroot"] = r.checked(m["sysroot"], "sysroot", root_dir, _check_nonempty)
+    if "hostonly" in m:
+        kw["hostonly"] = _read_hostonly(r, m["hostonly"])
     for key in ("modules", "omit_modules", "drivers", "optional_drivers", "boot_drivers", "binaries"):
         if key in m:
             values = []
@@ -217,13 +223,13 @@ def _read_overlay(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]
     for k in ("bootfs", "bootfs_hint", "bootfstype", "fs", "fstype"):
         if k in om and (v := r.scalar(om[k], f"overlay.{k}", str)) is not None:
             kw[k] = v
-    if "bootfs" in kw and not kw["bootfs"].startswith(BOOTFS_PREFIXES):
+    if "bootfs" in kw and kw["bootfs"] != AUTO and not kw["bootfs"].startswith(BOOTFS_PREFIXES):
         r.error(
             om["bootfs"],
             "overlay.bootfs",
-            f"'{kw['bootfs']}' is not UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/...",
+            f"'{kw['bootfs']}' is not auto, UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/...",
         )
-    if kw.get("fs"):
+    if kw.get("fs") and kw["fs"] != AUTO:
         try:
             check_dest(kw["fs"])
         except PathError as e:
@@ -240,6 +246,14 @@ def _read_overlay(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]
         if k in kw and not kw[k]:
             r.error(om[k], f"overlay.{k}", "must not be empty")
     return OverlaySpec(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _read_hostonly(r: yamlread.Reader, node: yaml.Node) -> HostOnly | None:
+    """yes/no/auto; YAML 1.1 reads unquoted yes and no as booleans: both spellings mean the same."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+        value = r.scalar(node, "hostonly", bool)
+        return None if value is None else HostOnly.YES if value else HostOnly.NO
+    return r.enum(node, "hostonly", HostOnly)
 
 
 def _read_uki(r: yamlread.Reader, node: yaml.Node, locs: dict[str, Location]) -> UkiSpec:

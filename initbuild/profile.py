@@ -57,6 +57,21 @@ class Attach(StrEnum):
     DIRECT = "direct"  # bootfs is the EROFS device itself
 
 
+class HostOnly(StrEnum):
+    """Whether `auto` keys are resolved from the target system (docs/hostonly.md)."""
+
+    AUTO = "auto"  # from the target when detection finds the boot filesystem, else generic (warned)
+    YES = "yes"  # from the target; a detection failure is a config error
+    NO = "no"  # generic: the values below (GENERIC_*), for any machine
+
+
+AUTO = "auto"  # an overlay key's value resolved by resolve/host.py (never left in a resolved profile)
+# what `auto` means in a generic build: a filesystem labelled "boot" holding the image at its top
+GENERIC_BOOTFS = "LABEL=boot"
+GENERIC_BOOTFSTYPE = "ext4"
+GENERIC_FS = "/initoverlayfs-{kver}.img"
+
+
 class Panic(StrEnum):
     SHELL = "shell"
     REBOOT = "reboot"
@@ -77,10 +92,11 @@ class FileSpec:
 class OverlaySpec:
     """Where stage one finds stage two; rendered to etc/initoverlayfs.conf (initoverlayfs key names)."""
 
-    bootfs: str = "LABEL=boot"  # UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/...
+    # "auto" (bootfs, bootfstype, fs): resolved by resolve/host.py, from the target (hostonly) or GENERIC_*
+    bootfs: str = AUTO  # UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/...
     bootfs_hint: str = ""  # a device path tried first, e.g. /dev/vda1
-    bootfstype: str = "ext4"
-    fs: str = "/initoverlayfs-{kver}.img"  # image path on bootfs; "" = bootfs itself is the EROFS device
+    bootfstype: str = AUTO
+    fs: str = AUTO  # image path on bootfs; "" = bootfs itself is the EROFS device
     fstype: str = "erofs"
     timeout: int = 10  # seconds to wait for bootfs
     attach: Attach = Attach.AUTO
@@ -121,6 +137,7 @@ class Profile:
     mode: Mode = Mode.INITOVERLAYFS
     kernel: str = "auto"
     sysroot: str = "/"
+    hostonly: HostOnly = HostOnly.AUTO
     modules: tuple[str, ...] = ()  # modules.d modules to add
     omit_modules: tuple[str, ...] = ()
     drivers: tuple[str, ...] = ()  # extra kernel drivers (stage two)

@@ -36,7 +36,7 @@ from initbuild import run  # noqa: E402
 from initbuild.formats.erofs.compressor import LZ4_PATH_ENV, lz4_codec  # noqa: E402
 
 DEFAULT_KVER = "6.1.0-57-cloud-amd64"
-PROFILE = "kernel: {kver}\nmodules: [systemd]\n"
+PROFILE = "kernel: {kver}\nhostonly: no\nmodules: [systemd]\n"
 
 
 @dataclass(frozen=True)

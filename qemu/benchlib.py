@@ -46,7 +46,7 @@ from initbuild.errors import ToolError  # noqa: E402  (also re-exported for the 
 from initbuild.formats.compress import Compression  # noqa: E402
 from initbuild.formats.cpio.writer import CpioOptions, write_initramfs  # noqa: E402
 from initbuild.manifest import Entry, Kind, Manifest  # noqa: E402
-from initbuild.profile import FileSpec, Mode, Profile  # noqa: E402
+from initbuild.profile import FileSpec, HostOnly, Mode, Profile  # noqa: E402
 from initbuild.resolve.kernels import host_kernels  # noqa: E402
 from initbuild.run import run  # noqa: E402
 from initbuild.sysroot import Sysroot  # noqa: E402
@@ -105,13 +105,15 @@ def bench_profile(
     """A profile (the shipped default when None), booting from virtio-pmem, with optional extra
     stage-two content.
 
-    The only changes to it are what the benchmark machine needs (pmem boot drivers), the variant's
-    mode and cpio compression, and the payload files.
+    The only changes to it are what the benchmark machine needs (pmem boot drivers; generic images,
+    hostonly: no, since the machine is QEMU's and not this host), the variant's mode and cpio
+    compression, and the payload files.
     """
     base = load_profile(profile)
     return dataclasses.replace(
         base,
         kernel=kver,
+        hostonly=HostOnly.NO,
         mode=variant.mode,
         compression=variant.compression,
         boot_drivers=tuple(dict.fromkeys(base.boot_drivers + PMEM_DRIVERS)),

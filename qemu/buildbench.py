@@ -64,7 +64,7 @@ def timed(
 
 
 def initbuild_build(outdir: Path, reps: int) -> Timing:
-    argv = [sys.executable, "-m", "initbuild", "build", "-q", "--force", "-o", str(outdir)]
+    argv = [sys.executable, "-m", "initbuild", "build", "--generic", "-q", "--force", "-o", str(outdir)]
 
     def size() -> int:
         data = json.loads((outdir / "build.json").read_text())

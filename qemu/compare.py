@@ -10,7 +10,8 @@ boots both on the same QEMU machine (virtio-pmem disks, -icount) and prints time
 userspace and MemAvailable at two moments of each boot: as stage two's /init starts (the initramfs's
 userspace; a plain initramfs holds all its content in tmpfs then) and at the real root. The benchmark
 machine boots from virtio-pmem, so its drivers are added to the profile's boot drivers (for both
-variants); nothing else changes.
+variants), and the images are generic (hostonly: no, like --generic: the disks are the benchmark's, not
+this host's; benchlib.bench_profile); nothing else changes.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from initbuild.formats.cpio.reader import CpioReader
 from initbuild.formats.inspect import open_image, unpack
 from initbuild.formats.member import Member
 from initbuild.manifest import Kind
-from initbuild.profile import Mode
+from initbuild.profile import HostOnly, Mode
 from initbuild.resolve.kmod import KernelModules
 from initbuild.resources import module_dirs
 from initbuild.run import have_tool, run
@@ -36,7 +36,7 @@ def _outputs(d: Path) -> dict[str, str]:
 
 
 def _build(outdir: Path, kver: str, mode: str = "initoverlayfs", extra: str = "") -> Path:
-    profile = load_profile_text(f"mode: {mode}\nkernel: {kver}\n{extra}", "test.yaml")
+    profile = load_profile_text(f"mode: {mode}\nkernel: {kver}\nhostonly: no\n{extra}", "test.yaml")
     build(profile, outdir, force=True)
     return outdir
 
@@ -77,7 +77,8 @@ def _cpio_extract(image: Path, dest: Path) -> None:
 @pytest.mark.parametrize("compression", ["lz4", "zstd"])
 def test_gnu_cpio_extracts_the_manifest(tmp_path: Path, compression: str, kver: str) -> None:
     profile = load_profile_text(
-        f"mode: plain\nkernel: {kver}\ncompression: {compression}\nearly_microcode: false\n", "t.yaml"
+        f"mode: plain\nkernel: {kver}\nhostonly: no\ncompression: {compression}\nearly_microcode: false\n",
+        "t.yaml",
     )
     build(profile, tmp_path / "out", force=True)
     _cpio_extract(next((tmp_path / "out").glob("initramfs-*.img")), tmp_path / "x")
@@ -106,7 +107,7 @@ def test_gnu_cpio_extracts_the_manifest(tmp_path: Path, compression: str, kver: 
 
 
 def test_outputs_are_refused_without_force_and_no_temp_files_remain(tmp_path: Path, kver: str) -> None:
-    profile = load_profile(None, {"kernel": kver})
+    profile = load_profile(None, {"kernel": kver, "hostonly": HostOnly.NO})
     out = tmp_path / "o"
     report = build(profile, out)
     before = _outputs(out)
@@ -213,7 +214,7 @@ COMPRESSED_MODULE = (".ko.xz", ".ko.zst", ".ko.gz")
 def built_modules(tmp_path_factory: pytest.TempPathFactory, kver: str) -> dict[str, object]:
     """One initoverlayfs and one plain build of `kver`, with the binary module indexes in stage two."""
     out = tmp_path_factory.mktemp("modules")
-    text = f"kernel: {kver}\nmodules: [binindex]\n"
+    text = f"kernel: {kver}\nhostonly: no\nmodules: [binindex]\n"
     dirs = [*module_dirs(), FIXTURES / "binindex"]
     result: dict[str, object] = {}
     for mode in ("initoverlayfs", "plain"):

@@ -26,7 +26,7 @@ def ib(
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "out"
-    ib("build", "-o", str(out), "-q")
+    ib("build", "--generic", "-o", str(out), "-q")
     return out
 
 
@@ -47,7 +47,7 @@ def test_modules_lists_descriptions() -> None:
 
 
 def test_plan_says_why(tmp_path: Path) -> None:
-    _, out, _ = ib("plan", "--json")
+    _, out, _ = ib("plan", "--generic", "--json")
     plan = json.loads(out)
     reasons = {m["name"]: m["reason"] for m in plan["modules"]}
     assert reasons["base"] == "included by default"
@@ -55,7 +55,7 @@ def test_plan_says_why(tmp_path: Path) -> None:
 
 
 def test_manifest_json_has_provenance() -> None:
-    _, out, _ = ib("manifest", "--stage", "1", "--json")
+    _, out, _ = ib("manifest", "--generic", "--stage", "1", "--json")
     entries = {e["path"]: e for e in json.loads(out)["stage1"]}
     assert entries["/init"]["provenance"][0] == "initoverlayfs"
     assert any(e["path"].endswith("/erofs.ko") for e in entries.values())
@@ -106,7 +106,7 @@ def test_rendered_init_scripts_pass_shellcheck(tmp_path: Path, stage: str, path:
     prof = tmp_path / "p.yaml"
     prof.write_text("modules: [test]\n")
     out = tmp_path / "o"
-    ib("build", str(prof), "-o", str(out), "-q")
+    ib("build", "--generic", str(prof), "-o", str(out), "-q")
     image = next(out.glob("initramfs-*.img" if stage == "1" else "initoverlayfs-*.img"))
     script = tmp_path / "script.sh"
     script.write_bytes(run([*CLI, "cat", str(image), path]).stdout)
@@ -144,7 +144,7 @@ def test_kernel_install_plugin_adds_and_removes(tmp_path: Path, kver: str) -> No
 
 
 def test_all_kernels_builds_every_installed_kernel(tmp_path: Path, kver: str) -> None:
-    ib("build", "--all-kernels", "-o", str(tmp_path), "-q")
+    ib("build", "--generic", "--all-kernels", "-o", str(tmp_path), "-q")
     assert (tmp_path / f"initramfs-{kver}.img").is_file()
 
 

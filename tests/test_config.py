@@ -39,7 +39,7 @@ from initbuild.config import (
 from initbuild.errors import ConfigError, FormatError, InitbuildError, Location, ResolveError
 from initbuild.formats.compress import Compression as WriterCompression
 from initbuild.formats.compress import compress
-from initbuild.profile import Attach, Compression, FileSpec, Mode, Panic, Profile, Stage2Compression
+from initbuild.profile import Attach, Compression, FileSpec, HostOnly, Mode, Panic, Profile, Stage2Compression
 from initbuild.resources import shipped_modules_dir
 
 TESTS = Path(__file__).resolve().parent
@@ -456,3 +456,15 @@ def test_full_profile_uses_every_key() -> None:
     assert isinstance(p.overlay.attach, Attach) and isinstance(p.compression, Compression)
     assert p.files[1] == FileSpec("/etc/passwd", "/etc/passwd.initrd", 0o600, True)
     assert all(p.where(f"{k}") is not None for k in data)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("{}", HostOnly.AUTO), ("hostonly: yes", HostOnly.YES), ("hostonly: no", HostOnly.NO),
+     ("hostonly: 'no'", HostOnly.NO), ("hostonly: auto", HostOnly.AUTO)],
+)  # fmt: skip
+def test_hostonly_yes_and_no_read_as_yaml_booleans_or_strings(text: str, expected: HostOnly) -> None:
+    """YAML 1.1 reads unquoted yes/no as booleans: both spellings mean the same; overlay keys stay auto."""
+    p = load_profile_text(text + "\n", "p.yaml")
+    assert p.hostonly is expected
+    assert (p.overlay.bootfs, p.overlay.bootfstype, p.overlay.fs) == ("auto", "auto", "auto")

@@ -244,7 +244,7 @@ def _file_backed(kver: str) -> bool:
 
 
 def _build_stage_one(tmp_path: Path, kver: str, overlay: str = "") -> tuple[dict[str, bytes | None], str]:
-    text = f"mode: initoverlayfs\nkernel: {kver}\n{overlay}"
+    text = f"mode: initoverlayfs\nkernel: {kver}\nhostonly: no\n{overlay}"
     ib_build.build(load_profile_text(text, str(tmp_path / "p.yaml")), tmp_path / "out", force=True)
     image = open_image(tmp_path / "out" / f"initramfs-{kver}.img")
     members = {m.path: m for m in image.members()}

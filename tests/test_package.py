@@ -69,13 +69,13 @@ def test_installed_package_builds_and_boots(
     assert plugin.is_file() and str(env_dir) in str(plugin), plugin
 
     # the default profile (shipped data) in initoverlayfs mode, and a plain image to boot
-    _run([ib, "-q", "build", "--kver", kver, "-o", "out"], cwd=work, env=env)
+    _run([ib, "-q", "build", "--generic", "--kver", kver, "-o", "out"], cwd=work, env=env)
     assert sorted(p.name for p in (work / "out").glob("*.img")) == [
         f"initoverlayfs-{kver}.img",
         f"initramfs-{kver}.img",
     ]
     (work / "plain.yaml").write_text("mode: plain\nmodules: [test]\n")
-    _run([ib, "-q", "build", "plain.yaml", "--kver", kver, "-o", "plain"], cwd=work, env=env)
+    _run([ib, "-q", "build", "--generic", "plain.yaml", "--kver", kver, "-o", "plain"], cwd=work, env=env)
     vm = VM(
         kernel=Path(f"/boot/vmlinuz-{kver}"),
         initrd=work / "plain" / f"initramfs-{kver}.img",

@@ -36,7 +36,7 @@ needs_stub = pytest.mark.skipif(not STUB.exists(), reason="systemd-boot-efi not 
 
 
 def _build(outdir: Path, kver: str, extra: str = VERITY) -> dict[str, object]:
-    build(load_profile_text(f"kernel: {kver}\n{extra}", "test.yaml"), outdir, force=True)
+    build(load_profile_text(f"kernel: {kver}\nhostonly: no\n{extra}", "test.yaml"), outdir, force=True)
     data: dict[str, object] = json.loads((outdir / "build.json").read_text())
     return data
 
@@ -170,7 +170,9 @@ def test_omitting_the_verity_module_never_builds_an_unverified_stage_two(kver: s
     from initbuild.build import make_plan
 
     with pytest.raises(ConfigError, match="no 'verity' module"):
-        make_plan(load_profile_text(f"kernel: {kver}\nomit_modules: [verity]\n{VERITY}", "p.yaml"))
+        make_plan(
+            load_profile_text(f"kernel: {kver}\nhostonly: no\nomit_modules: [verity]\n{VERITY}", "p.yaml")
+        )
 
 
 # -- the stage-two files PID 1 runs from ----------------------------------------------------------
@@ -195,7 +197,7 @@ def test_pid1_files_follow_the_images_symlinks() -> None:
 @needs_stub
 def test_uki_output_holds_stub_kernel_stage_one_and_cmdline(tmp_path: Path, kver: str) -> None:
     profile = tmp_path / "p.yaml"
-    profile.write_text(f"kernel: {kver}\n{VERITY}uki: {{cmdline: 'root=LABEL=root ro'}}\n")
+    profile.write_text(f"kernel: {kver}\nhostonly: no\n{VERITY}uki: {{cmdline: 'root=LABEL=root ro'}}\n")
     out = tmp_path / "out"
     cp = subprocess.run(
         [*CLI, "-q", "build", str(profile), "--uki", "-o", str(out)], capture_output=True, text=True

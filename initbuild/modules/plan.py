@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError, ConfigErrors, ModuleError
 from ..profile import Profile
+from ..resolve.host import HostInfo
 from ..resolve.kconfig import KernelFeatures
 from .hooks import Hooks
 from .spec import Check, ModuleSpec
@@ -42,6 +43,10 @@ class Plan:
     hooks: Hooks = field(default_factory=Hooks, compare=False, repr=False)
     # what the target kernel's config says (resolve/kconfig.py); None only for plans made without it
     kernel: KernelFeatures | None = field(default=None, compare=False)
+    # what host detection found (resolve/host.py): `profile` is already resolved with it
+    host: HostInfo | None = field(default=None, compare=False)
+    host_mode: bool = False  # auto keys resolved from the target (else the generic defaults)
+    warnings: tuple[str, ...] = ()  # e.g. hostonly: auto falling back to a generic build, and why
 
     def names(self) -> list[str]:
         return [m.name for m in self.modules]
@@ -57,6 +62,23 @@ class Plan:
             ],
             "unavailable": [{"name": n, "why": w} for n, w in self.unavailable],
             "kernel_config": self.kernel.to_dict() if self.kernel else None,
+            "host": self.host_json(),
+            "warnings": list(self.warnings),
+        }
+
+    def host_json(self) -> dict[str, Any]:
+        """How the `auto` keys were resolved, and from what (build.json's "host")."""
+        ov = self.profile.overlay
+        return {
+            "mode": "host" if self.host_mode else "generic",
+            "resolved": {
+                "overlay.bootfs": ov.bootfs,
+                "overlay.bootfstype": ov.bootfstype,
+                "overlay.fs": ov.fs,
+                "cmdline": self.profile.cmdline,
+                "boot_drivers": list(self.profile.boot_drivers),
+            },
+            **(self.host.to_json() if self.host is not None else {}),
         }
 
 

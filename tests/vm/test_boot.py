@@ -46,7 +46,7 @@ class Built:
 
 
 def _build(outdir: Path, text: str, kver: str, *, modules_dirs: list[Path] | None = None) -> Built:
-    profile = load_profile_text(f"kernel: {kver}\n{text}", str(outdir / "profile.yaml"))
+    profile = load_profile_text(f"kernel: {kver}\nhostonly: no\n{text}", str(outdir / "profile.yaml"))
     report = build(profile, outdir, force=True, modules_dirs=modules_dirs)
     return Built(outdir, report)
 

@@ -61,7 +61,9 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory, kver: str) -> Path:
 @pytest.fixture(scope="module")
 def checker_initrd(tmp_path_factory: pytest.TempPathFactory, kver: str) -> Path:
     out = tmp_path_factory.mktemp("erofscheck") / "out"
-    profile = load_profile_text(f"kernel: {kver}\nmode: plain\nmodules: [erofscheck]\n", "erofscheck.yaml")
+    profile = load_profile_text(
+        f"kernel: {kver}\nhostonly: no\nmode: plain\nmodules: [erofscheck]\n", "erofscheck.yaml"
+    )
     report = build(
         profile, out, force=True, modules_dirs=[shipped_modules_dir(), HERE / "modules_erofscheck"]
     )
