@@ -287,11 +287,69 @@ ib_load_fs() {
     ib_load_wanted
 }
 
+# ib_fstype DEV: sets IB_FSTYPE to the filesystem type written in DEV's superblock, or empty (and
+# false) if it is none of those known here. A mount with no -t makes busybox try every type the
+# kernel knows: each failed try of a device another mount holds logs "Can't open blockdev", and
+# /init would load every filesystem driver of the image to let it probe. One od reads the first
+# 1124 bytes (a second one reads btrfs's superblock at 64 KiB); the magic numbers are the kernels':
+# ext2/3/4 0xEF53 at 1080 (ext4 when the extents, 64bit or flex_bg features are on, ext3 with a
+# journal), erofs 0xE0F5E1E2 and f2fs 0xF2F52010 at 1024, xfs "XFSB" and squashfs "hsqs" at 0,
+# vfat "FAT1"/"FAT32" in the boot sector with 0x55AA at 510, btrfs "_BHRfS_M" at 65600.
+ib_fstype() {
+    IB_FSTYPE=
+    _ib_fsdev=$1
+    # shellcheck disable=SC2046 # one word per byte
+    set -- $(od -An -tx1 -v -N 1124 "$_ib_fsdev" 2>/dev/null)
+    if [ $# -ge 1124 ]; then
+        if [ "${1081}${1082}" = 53ef ]; then
+            IB_FSTYPE=ext2
+            [ $((0x${1117} & 0x04)) -ne 0 ] && IB_FSTYPE=ext3
+            [ $((0x${1121} & 0xc0)) -ne 0 ] || [ $((0x${1122} & 0x02)) -ne 0 ] && IB_FSTYPE=ext4
+        elif [ "${1025}${1026}${1027}${1028}" = e2e1f5e0 ]; then
+            IB_FSTYPE=erofs
+        elif [ "${1025}${1026}${1027}${1028}" = 1020f5f2 ]; then
+            IB_FSTYPE=f2fs
+        elif [ "$1$2$3$4" = 58465342 ]; then
+            IB_FSTYPE=xfs
+        elif [ "$1$2$3$4" = 68737173 ]; then
+            IB_FSTYPE=squashfs
+        elif [ "${511}${512}" = 55aa ] && { [ "${55}${56}${57}${58}" = 46415431 ] || [ "${83}${84}${85}${86}${87}" = 4641543332 ]; }; then
+            IB_FSTYPE=vfat
+        fi
+    fi
+    if [ -z "$IB_FSTYPE" ]; then
+        # shellcheck disable=SC2046 # one word per byte
+        set -- $(od -An -tx1 -v -j 65600 -N 8 "$_ib_fsdev" 2>/dev/null)
+        [ "$*" = "5f 42 48 52 66 53 5f 4d" ] && IB_FSTYPE=btrfs
+    fi
+    [ -n "$IB_FSTYPE" ]
+}
+
+# ib_mount_type WHAT DEV TYPE: the type to mount DEV (WHAT names it in messages) with: TYPE when
+# given (not auto), else the one its superblock names (ib_fstype), else "auto" (busybox probes).
+# Sets IB_FSTYPE and loads that filesystem's driver (only that one, unless it is auto).
+ib_mount_type() {
+    case "$3" in
+        "" | auto)
+            if ib_fstype "$2"; then
+                info "$1 ($2): $IB_FSTYPE filesystem (detected from its superblock)"
+            else
+                IB_FSTYPE=auto
+                warn "$1 ($2): no known filesystem superblock; mount will probe every type"
+            fi
+            ;;
+        *) IB_FSTYPE=$3 ;;
+    esac
+    ib_load_fs "$IB_FSTYPE"
+}
+
 # --- mounting an image file without a loop device -----------------------------------------------
 # busybox mount sets up a loop device for any regular file. IB_MOUNT_FILE is initbuild's own mount(2)
 # program (initbuild/formats/mountprog.py): "mount-file SOURCE TARGET FSTYPE" mounts read-only and
 # exits with 0, the errno of the failed mount(2), or 255 for a wrong argument count.
 IB_MOUNT_FILE=/usr/lib/initbuild/mount-file
+# stage two's way out of an overlay root (pivot_root + lazy umount: see the final switch of its /init)
+IB_PIVOT_ROOT=/usr/lib/initbuild/pivot-root
 
 # ib_errno STATUS [PROGRAM]: sets IB_ERRNO to the name and meaning of the exit status of mount-file
 # (or of PROGRAM, which follows the same convention: dm-ioctl).

@@ -281,3 +281,78 @@ def test_profile_attach_loop_and_file(tmp_path: Path, kver: str) -> None:
     else:
         with pytest.raises(ConfigError, match="overlay.attach: file, but kernel .* cannot mount EROFS"):
             _build_stage_one(tmp_path / "file", kver, "overlay: {attach: file}\n")
+
+
+# -- pivot-root (mountprog.PIVOT_PROGRAM): stage two's way out of the overlay root ------------------
+
+
+@pytest.fixture(scope="module")
+def pivot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pivot") / "pivot-root"
+    path.write_bytes(build(program=mountprog.PIVOT_PROGRAM))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.skipif(not have_tool("objdump"), reason="binutils not installed")
+def test_objdump_disassembles_the_pivot_listing(pivot: Path) -> None:
+    entry = LOAD_ADDRESS + CODE_OFFSET
+    cp = subprocess.run(
+        ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel"]
+        + [f"--adjust-vma={LOAD_ADDRESS:#x}", f"--start-address={entry:#x}", str(pivot)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = []
+    for line in cp.stdout.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*\t(.*)$", line)
+        if m:
+            got.append((int(m[1], 16), bytes.fromhex(m[2]), " ".join(m[3].split())))
+    assert got == [(ln.address, ln.code, ln.asm) for ln in assemble(mountprog.PIVOT_PROGRAM)]
+    assert len(pivot.read_bytes()) < 256
+
+
+def _static_busybox() -> str | None:
+    path = shutil.which("busybox")
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        return None if any(s.header.p_type == "PT_INTERP" for s in elf.iter_segments()) else path
+
+
+@needs_ns
+@pytest.mark.skipif(_static_busybox() is None, reason="needs a static busybox to run in the new root")
+def test_pivot_root_leaves_only_the_new_root(pivot: Path, tmp_path: Path) -> None:
+    """The kernel runs it: the calling shell's root moves to the new root, and the old root (the host's /
+    in this private namespace, with every mount under it) is detached: only the new root and what is
+    mounted after remain."""
+    new = tmp_path / "new"
+    new.mkdir()
+    cp = _run_in_namespace(
+        f"mount -t tmpfs newroot {new} && cp {_static_busybox()} {new}/busybox && mkdir {new}/proc && "
+        f'{pivot} {new}; echo "rc=$?"; /busybox mount -t proc proc /proc; /busybox cat /proc/self/mountinfo'
+    )
+    assert "rc=0" in cp.stdout, cp.stdout + cp.stderr
+    mounts = [ln.split() for ln in cp.stdout.splitlines() if re.match(r"\d+ \d+ ", ln)]
+    assert [(m[4], m[-3]) for m in mounts] == [("/", "tmpfs"), ("/proc", "proc")], cp.stdout
+
+
+@needs_ns
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [("/nonexistent/initbuild-root", errno.ENOENT), ("", mountprog.USAGE_STATUS)],
+)
+def test_pivot_root_exit_status(pivot: Path, args: str, status: int) -> None:
+    cp = _run_in_namespace(f"{pivot} {args}; echo rc=$?; cat /proc/self/mountinfo | wc -l")
+    assert f"rc={status}" in cp.stdout, cp.stdout + cp.stderr
+    assert int(cp.stdout.split()[-1]) > 1  # nothing was detached
+
+
+@needs_ns
+def test_pivot_root_refuses_a_directory_that_is_no_mount(pivot: Path, tmp_path: Path) -> None:
+    """pivot_root(2) wants a mount point: the status is its errno, below 128 (nothing changed)."""
+    cp = _run_in_namespace(f"{pivot} {tmp_path}; echo rc=$?")
+    rc = int(cp.stdout.split("rc=")[1].split()[0])
+    assert 0 < rc < mountprog.UMOUNT_FAILED, cp.stdout

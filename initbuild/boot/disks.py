@@ -24,6 +24,13 @@ mem=$(sed -n 's/^MemAvailable: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo)
 line="initbuild-marker: {name} uptime=$up memavailable_kb=$mem"
 # what the booted system holds, for tests (e.g. no loop device after a file-backed stage two)
 echo "initbuild-root: block devices:" $(ls /sys/block) > /dev/console
+# what of the initrd stays behind: mounts (type:dir) and loop devices still bound to a file
+mounts=
+while read -r src dir type rest; do mounts="$mounts $type:$dir"; done < /proc/mounts
+echo "initbuild-root: mounts:$mounts" > /dev/console
+loops=
+for d in /sys/block/loop*; do [ -e "$d/loop/backing_file" ] && loops="$loops ${{d##*/}}"; done
+echo "initbuild-root: bound loop devices:$loops" > /dev/console
 echo "<2>$line" > /dev/kmsg
 echo "$line" > /dev/console
 {extra}
@@ -36,7 +43,8 @@ def make_root_tree(
     dest: Path, *, marker: str = "real-root", extra: str = "", busybox: str = "/bin/busybox"
 ) -> Path:
     """A minimal root: busybox, /sbin/init printing `marker`, and the usual mount points."""
-    for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "boot", "etc"):
+    # /mnt: systemd's switch-root pivots the old root there, or moves the new root over it, left mounted
+    for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "boot", "etc", "mnt"):
         (dest / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(os.path.realpath(busybox), dest / "bin" / "busybox")
     for applet in ("sh", "sed", "cat", "sync", "poweroff", "dmesg", "grep", "mount", "ls"):

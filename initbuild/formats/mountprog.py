@@ -156,6 +156,57 @@ PROGRAM: tuple[Insn, ...] = (
 )
 
 
+# -- pivot-root: leave an overlay root for the real one and detach the old root ------------------
+#
+#     pivot-root NEWROOT
+#
+# chdir(NEWROOT); pivot_root(".", "."); umount2(".", MNT_DETACH), what systemd's switch-root does when
+# / is not the initramfs (pivot_root(2), NOTES: "new_root and put_old may be the same directory"): the
+# old root is stacked on the new one, and the lazy umount of "." detaches it with every mount below
+# it. The kernel moves the root and working directory of every process that had the old root (the
+# calling shell, PID 1, included) to NEWROOT. Once nothing uses the old root any more it is freed: the
+# overlay, its EROFS lower, the loop device (autoclear) and the image file's hold on the bootfs.
+# Exit status: 0; the errno when chdir or pivot_root failed (nothing changed); 128 + the errno when
+# only the umount failed (the new root is in place, the old one stays mounted); 255 without NEWROOT.
+SYS_CHDIR = 80
+SYS_PIVOT_ROOT = 155
+SYS_UMOUNT2 = 166
+MNT_DETACH = 2
+UMOUNT_FAILED = 0x80  # added to the errno of a failed umount2
+
+PIVOT_PROGRAM: tuple[Insn, ...] = (
+    Insn(b"\x59", "pop rcx", "rcx = argc; rsp now points at argv[0]", label="_start"),
+    Insn(b"\xbf" + _le32(USAGE_STATUS), f"mov edi,{USAGE_STATUS:#x}", "status if NEWROOT is missing"),
+    Insn(b"\x83\xf9\x02", "cmp ecx,0x2", "argv[0] NEWROOT at least?"),
+    Insn(b"\x72\x00", "jb {target}", "no: exit(255)", target="exit"),
+    Insn(b"\x48\x8b\x7c\x24\x08", "mov rdi,QWORD PTR [rsp+0x8]", "path = argv[1]"),
+    Insn(b"\xb8" + _le32(SYS_CHDIR), f"mov eax,{SYS_CHDIR:#x}", "SYS_chdir"),
+    Insn(b"\x0f\x05", "syscall", "chdir(NEWROOT)"),
+    Insn(b"\x85\xc0", "test eax,eax", "failed?"),
+    Insn(b"\x75\x00", "jne {target}", "yes: exit(errno)", target="fail"),
+    Insn(b"\x6a\x2e", "push 0x2e", 'the string "." (2e 00 ...) on the stack'),
+    Insn(b"\x48\x89\xe7", "mov rdi,rsp", 'new_root = "."'),
+    Insn(b"\x48\x89\xe6", "mov rsi,rsp", 'put_old = "."'),
+    Insn(b"\xb8" + _le32(SYS_PIVOT_ROOT), f"mov eax,{SYS_PIVOT_ROOT:#x}", "SYS_pivot_root"),
+    Insn(b"\x0f\x05", "syscall", 'pivot_root(".", "."): the old root now sits on top of the new one'),
+    Insn(b"\x85\xc0", "test eax,eax", "failed?"),
+    Insn(b"\x75\x00", "jne {target}", "yes: exit(errno)", target="fail"),
+    Insn(b"\x48\x89\xe7", "mov rdi,rsp", 'target = "." (resolves to the old root, on top)'),
+    Insn(b"\xbe" + _le32(MNT_DETACH), f"mov esi,{MNT_DETACH:#x}", "flags = MNT_DETACH"),
+    Insn(b"\xb8" + _le32(SYS_UMOUNT2), f"mov eax,{SYS_UMOUNT2:#x}", "SYS_umount2"),
+    Insn(b"\x0f\x05", "syscall", 'umount2(".", MNT_DETACH): eax = 0 or -errno'),
+    Insn(b"\x89\xc7", "mov edi,eax", "status = the result"),
+    Insn(b"\xf7\xdf", "neg edi", "status = 0 or errno"),
+    Insn(b"\x74\x00", "je {target}", "0: exit(0)", target="exit"),
+    Insn(b"\x81\xcf" + _le32(UMOUNT_FAILED), f"or edi,{UMOUNT_FAILED:#x}", "status = 128 + errno"),
+    Insn(b"\xeb\x00", "jmp {target}", "exit(status)", target="exit"),
+    Insn(b"\x89\xc7", "mov edi,eax", "status = -errno", label="fail"),
+    Insn(b"\xf7\xdf", "neg edi", "status = errno"),
+    Insn(b"\xb8" + _le32(SYS_EXIT_GROUP), f"mov eax,{SYS_EXIT_GROUP:#x}", "SYS_exit_group", label="exit"),
+    Insn(b"\x0f\x05", "syscall", "exit_group(status): does not return"),
+)
+
+
 @dataclass(frozen=True)
 class Line:
     """An assembled instruction: virtual address, bytes, Intel syntax, comment."""
@@ -198,15 +249,17 @@ def listing(lines: list[Line] | None = None) -> str:
     return "\n".join(rows) + "\n"
 
 
-def build(machine: int = EM_X86_64) -> bytes:
-    """The complete ELF executable for `machine` (an e_machine value); only EM_X86_64 exists."""
+def build(machine: int = EM_X86_64, program: tuple[Insn, ...] = PROGRAM) -> bytes:
+    """The complete ELF executable of `program` (mount-file, or PIVOT_PROGRAM) for `machine` (an
+    e_machine value); only EM_X86_64 exists."""
     if machine != EM_X86_64:
         name = MACHINE_NAMES.get(machine, f"e_machine {machine}")
+        what = "pivot-root" if program is PIVOT_PROGRAM else "the file-backed mount program"
         raise UnsupportedArch(
-            f"the file-backed mount program is written for x86-64 only, not {name}",
+            f"{what} is written for x86-64 only, not {name}",
             hint="attach the stage-two image through a loop device (overlay.attach: loop)",
         )
-    return executable(b"".join(ln.code for ln in assemble()))
+    return executable(b"".join(ln.code for ln in assemble(program)))
 
 
 def executable(code: bytes) -> bytes:

@@ -1,4 +1,10 @@
-"""Base userspace: prefer one static busybox (no shared libraries at all); else the host's tools."""
+"""Base userspace: one busybox, else the host's tools.
+
+busybox-static needs no shared library at all; Debian's dynamic `busybox` (what initramfs-tools pulls
+in) brings only libc, libresolv and the dynamic loader (the ELF closure of add_binary): on a Debian
+bookworm tree stage one is 1.85 MB with busybox-static, 2.34 MB with the dynamic busybox, and 9.26 MB
+with neither (the host's sh, util-linux, coreutils and kmod with their libraries).
+"""
 
 import posixpath
 
