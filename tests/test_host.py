@@ -149,7 +149,7 @@ def test_stock_debian_boot_on_root(tmp_path: Path) -> None:
         and info.root.source.startswith(fstab)
     )
     assert info.rootflags is None and info.root_passno is not None and info.root_passno.value == "1"
-    assert cmdline_defaults(info) == f"root=UUID={ROOT_UUID} rootfstype=ext4 initbuild.fsck=1"
+    assert cmdline_defaults(info) == f"root=UUID={ROOT_UUID} rootfstype=ext4"
     assert info.boot_drivers == () and "another sysroot has no sysfs" in " ".join(info.notes)
     resolved, warning = resolve_profile(profile(), info)
     assert warning == ""
@@ -159,7 +159,7 @@ def test_stock_debian_boot_on_root(tmp_path: Path) -> None:
         "ext4",
         "/boot/initoverlayfs-{kver}.img",
     )
-    assert resolved.cmdline == f"root=UUID={ROOT_UUID} rootfstype=ext4 initbuild.fsck=1"
+    assert resolved.cmdline == f"root=UUID={ROOT_UUID} rootfstype=ext4"
 
 
 def test_separate_boot_partition(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def test_label_specs_options_and_no_fsck(tmp_path: Path) -> None:
     )
     info = detect(root)
     assert info.bootfs is not None and info.bootfs.value == "LABEL=boot"
-    assert cmdline_defaults(info) == "root=LABEL=root rootfstype=xfs rootflags=noatime initbuild.fsck=0"
+    assert cmdline_defaults(info) == "root=LABEL=root rootfstype=xfs rootflags=noatime"
     assert [f.value for f in info.drivers] == ["xfs"]  # the root's filesystem, a module: stage two
     resolved, _ = resolve_profile(profile(), info)
     assert "xfs" in resolved.drivers
@@ -241,7 +241,7 @@ def test_pinned_keys_win(tmp_path: Path) -> None:
     assert (resolved.overlay.bootfs, resolved.overlay.bootfstype, resolved.overlay.fs) == (
         f"UUID={ROOT_UUID}", "ext3", "/x.img",
     )  # fmt: skip
-    assert resolved.cmdline.endswith("initbuild.fsck=1 rootfstype=ext3")
+    assert resolved.cmdline.endswith("rootfstype=ext4 rootfstype=ext3")
 
 
 def test_generic_reads_nothing(tmp_path: Path) -> None:
@@ -300,8 +300,8 @@ def test_running_system_cmdline_root_wins_over_fstab(tmp_path: Path) -> None:
     assert info.root is not None and info.root.value == "/dev/vda1" and info.root_on_cmdline
     assert info.rootflags is not None and info.rootflags.value == "data=journal"
     assert info.rootfstype is not None and info.rootfstype.source.startswith(f"{root}/etc/fstab:5")
-    # root= and rootflags= are on the boot command line already: only the type and fsck are baked
-    assert cmdline_defaults(info) == "rootfstype=ext4 initbuild.fsck=1"
+    # root= and rootflags= are on the boot command line already: only the type is baked
+    assert cmdline_defaults(info) == "rootfstype=ext4"
 
 
 def test_running_system_without_uuid_link_uses_the_fstab_entry(tmp_path: Path) -> None:
@@ -340,7 +340,7 @@ def test_running_system_nvme(tmp_path: Path) -> None:
     (root / "sys/module/nvme").mkdir(parents=True)
     info = detect(root, running=True)
     assert [f.value for f in info.boot_drivers] == ["nvme", "xfs"]  # the disk, bootfs's filesystem
-    assert info.root_passno is None and "initbuild.fsck" not in cmdline_defaults(info)
+    assert info.root_passno is None
 
 
 # -- the command line and a real build ------------------------------------------------------------
@@ -364,7 +364,7 @@ def test_plan_prints_what_it_detected_and_from_where(tmp_path: Path) -> None:
     out = cp.stdout.decode()
     assert f"host build: bootfs UUID={ROOT_UUID} (ext4), fs /boot/initoverlayfs-{{kver}}.img" in out
     assert f"bootfs: UUID={ROOT_UUID}  ({root}/etc/fstab:5: /)" in out
-    assert f"cmdline defaults: root=UUID={ROOT_UUID} rootfstype=ext4 initbuild.fsck=1" in out
+    assert f"cmdline defaults: root=UUID={ROOT_UUID} rootfstype=ext4" in out
     cp = ib("plan", "--json", "--sysroot", str(root))
     host = json.loads(cp.stdout)["host"]
     assert host["mode"] == "host" and host["detected"]["root_passno"] == {
@@ -403,7 +403,7 @@ def test_a_build_bakes_the_resolved_values(tmp_path: Path) -> None:
     assert "\n# Host-aware build: " in conf
     stage2 = open_image(out / f"initoverlayfs-{FAKE_KVER}.img")
     baked = stage2.read(find(stage2, "/etc/cmdline.d/50-profile.conf")).decode()
-    assert baked.strip() == f"root=UUID={ROOT_UUID} rootfstype=ext4 initbuild.fsck=1"
+    assert baked.strip() == f"root=UUID={ROOT_UUID} rootfstype=ext4"
     report = json.loads((out / "build.json").read_text())["host"]
     assert report["mode"] == "host" and report["detected"]["bootfs"]["source"] == f"{root}/etc/fstab:5: /"
     # --generic: today's defaults

@@ -5,7 +5,7 @@
 and /sys) and returns a frozen HostInfo: every detected value with where it came from, and what could
 not be found and why. `resolve_profile(profile, info)` turns it into the profile the rest of the
 pipeline uses: the `auto` overlay keys resolved (host values, or the GENERIC_* defaults), the root's
-device, type, options and fsck pass baked in as command-line defaults (the boot command line wins), and
+device, type and options baked in as command-line defaults (the boot command line wins), and
 the drivers behind the disks added to boot_drivers. docs/hostonly.md describes the rules.
 """
 
@@ -483,8 +483,8 @@ def resolve_profile(profile: Profile, info: HostInfo) -> tuple[Profile, str]:
 
 def cmdline_defaults(info: HostInfo) -> str:
     """The command-line defaults host mode bakes into stage two (the boot command line wins):
-    root= when the boot command line lacks it, rootfstype= whenever known, rootflags= from fstab,
-    and initbuild.fsck=PASSNO (fstab's pass number of /: 0 = no check)."""
+    root= when the boot command line lacks it, rootfstype= whenever known, rootflags= from fstab.
+    The root's fsck pass is not baked: modules.d/50fsck reads the same fstab and ships the check."""
     words = []
     if info.root is not None and not info.root_on_cmdline:
         words.append(f"root={info.root.value}")
@@ -492,6 +492,4 @@ def cmdline_defaults(info: HostInfo) -> str:
         words.append(f"rootfstype={info.rootfstype.value}")
     if info.rootflags is not None and not info.rootflags_on_cmdline:
         words.append(f"rootflags={info.rootflags.value}")
-    if info.root_passno is not None:
-        words.append(f"initbuild.fsck={info.root_passno.value}")
     return " ".join(w for w in words if " " not in w)
