@@ -50,22 +50,6 @@ from initbuild.run import run
 PMEM_MODULES = ("libnvdimm", "nd_virtio", "virtio_pmem", "nd_pmem", "nd_btt")
 APPEND = f"root=UUID={dr.ROOT_UUID} ro quiet nokaslr"  # + the harness's console=ttyS0 panic=-1
 
-# ---- DISK KEYS: written by hand until `hostonly: auto` (issue #11 point 1) reads them from the tree's
-# /etc/fstab; then drop this block and the `overlay:` lines it fills in. --------------------------------
-DISK_KEYS = """overlay:
-  bootfs: UUID={uuid}
-  bootfstype: ext4
-  fs: /boot/{image}
-"""
-# ------------------------------------------------------------------------------------------------------
-PROFILE = """# initbuild profile of qemu/realroot.py: {title}
-mode: {mode}
-kernel: {kver}
-modules: [{modules}]
-# the benchmark machine's disk is virtio-pmem (deterministic under -icount); the peers get the same drivers
-boot_drivers: [virtio_pmem, nd_pmem]
-"""
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -173,9 +157,8 @@ def build_dracut(tree: Path, kver: str, work: Path) -> Built:
 def build_initbuild(v: Variant, tree: Path, kver: str, work: Path) -> Built:
     profile = work / "profiles" / f"{v.name}.yaml"
     profile.parent.mkdir(parents=True, exist_ok=True)
-    text = PROFILE.format(title=v.title, mode=v.mode, kver=kver, modules="systemd" if v.systemd else "")
-    if v.mode == "initoverlayfs":
-        text += DISK_KEYS.format(uuid=dr.ROOT_UUID, image=v.stage2_name)
+    image = v.stage2_name if v.mode == "initoverlayfs" else None
+    text = dr.profile_text(v.title, v.mode, kver, systemd=v.systemd, stage2_image=image)
     profile.write_text(text)
     out = work / "out" / v.name
     t0 = time.perf_counter()

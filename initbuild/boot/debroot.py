@@ -120,6 +120,31 @@ WantedBy=multi-user.target
 """
 
 
+# ---- DISK KEYS: written by hand until `hostonly: auto` (issue #11 point 1) reads them from the tree's
+# /etc/fstab; then drop this block (and `stage2_image` below: the image's default name will do). -----
+DISK_KEYS = """overlay:
+  bootfs: UUID={uuid}
+  bootfstype: ext4
+  fs: /boot/{image}
+"""
+# ------------------------------------------------------------------------------------------------------
+PROFILE = """# initbuild profile of a real Debian root (initbuild/boot/debroot.py): {title}
+mode: {mode}
+kernel: {kver}
+modules: [{modules}]
+# the benchmark machine's disk is virtio-pmem (deterministic under -icount); the peers get the same drivers
+boot_drivers: [virtio_pmem, nd_pmem]
+"""
+
+
+def profile_text(title: str, mode: str, kver: str, *, systemd: bool, stage2_image: str | None) -> str:
+    """An initbuild profile for the root disk of this module (stage two at /boot/`stage2_image`)."""
+    text = PROFILE.format(title=title, mode=mode, kver=kver, modules="systemd" if systemd else "")
+    if stage2_image:
+        text += DISK_KEYS.format(uuid=ROOT_UUID, image=stage2_image)
+    return text
+
+
 def cache_root() -> Path:
     """$INITBUILD_CACHE, else $XDG_CACHE_HOME/initbuild, else ~/.cache/initbuild (never the repo)."""
     base = os.environ.get("INITBUILD_CACHE") or os.path.join(
@@ -152,6 +177,24 @@ class RootSpec:
 def bench_spec(kernel: str, generator: str) -> RootSpec:
     """The benchmark's root: the issue's packages, the kernel series' package and one initrd generator."""
     return RootSpec(tuple(BENCH_PACKAGES) + (KERNEL_PACKAGES[kernel], generator))
+
+
+def ci_spec() -> RootSpec:
+    """The CI boot's root: Debian's minimal apt variant with systemd, udev and busybox-static; no
+    kernel package (the host's kernel and modules are copied in: no initramfs-tools run at install)."""
+    return RootSpec(("systemd-sysv", "udev", "kmod", "e2fsprogs", "busybox-static"), variant="apt")
+
+
+def add_host_kernel(tree: Path, kver: str) -> None:
+    """The host's /boot/vmlinuz-KVER, config and /lib/modules/KVER, into the tree (a CI root has none)."""
+    for name in (f"vmlinuz-{kver}", f"config-{kver}", f"System.map-{kver}"):
+        if os.path.exists(f"/boot/{name}"):
+            shutil.copy2(f"/boot/{name}", tree / "boot" / name)
+    dest = tree / "usr" / "lib" / "modules" / kver
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["cp", "-a", f"/lib/modules/{kver}", str(dest)])
 
 
 def make_root(spec: RootSpec, *, log=print) -> tuple[Path, float]:  # type: ignore[no-untyped-def]
