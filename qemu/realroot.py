@@ -17,10 +17,10 @@ What it does (issue #11, points 4-5):
 3. Builds every initrd of that system, timed: `update-initramfs -c` (chroot, Debian's MODULES=most),
    `dracut --no-hostonly` (in the dracut root: same kernel package), and initbuild with --sysroot
    (initoverlayfs with the systemd module or busybox stage two, plain with busybox or systemd).
-   The benchmark disk is virtio-pmem: a peer lacking its drivers gets them the way it documents
+   The benchmark disk is an emulated NVDIMM: a peer lacking its drivers gets them as it documents
    (/etc/initramfs-tools/modules, dracut --add-drivers), and the output says so.
 4. Stage-two images go into the root filesystem's /boot, then ONE ext4 disk (fixed UUID) is made from
-   the tree (mkfs.ext4 -d, no root) and every variant boots it as virtio-pmem (deterministic under
+   the tree (mkfs.ext4 -d, no root) and every variant boots it as an NVDIMM (deterministic under
    -icount), with the tree's own kernel and Debian's GRUB-like command line
    (`root=UUID=... ro quiet`, plus the harness's console=ttyS0 panic=-1 and nokaslr).
 5. Reads printk times and the markers: Run /init, the switch (the real root's systemd version line),
@@ -35,6 +35,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,37 @@ from initbuild.boot import debroot as dr
 from initbuild.boot.harness import PMEM_ALIGN, VM, Disk, boot
 from initbuild.run import run
 
-PMEM_MODULES = ("libnvdimm", "nd_virtio", "virtio_pmem", "nd_pmem", "nd_btt")
+# The root disk. NVDIMM (ACPI NFIT, `-device nvdimm`): guest memory, flushes are a CPU barrier, so
+# every boot repeats to the microsecond under -icount. virtio-pmem, deterministic for the read-only disks
+# of qemu/bench.py, is not for a root that is written to: the guest's flushes (fsck, journald, ext4
+# commits) are fdatasync()s that a host thread completes; dracut's switch varied by 368 ms across boots.
+DISK_MODULES = {
+    "nvdimm": ("libnvdimm", "nfit", "nd_pmem", "nd_btt"),
+    "virtio-pmem": ("libnvdimm", "nd_virtio", "virtio_pmem", "nd_pmem", "nd_btt"),
+}
+BOOT_DRIVERS = {"nvdimm": ("nfit", "nd_pmem"), "virtio-pmem": ("virtio_pmem", "nd_pmem")}
+DISK = "nvdimm"  # --disk
+
+
+@dataclass(frozen=True)
+class NvdimmVM(VM):
+    """The harness's VM with the root disk as an emulated NVDIMM (not a harness disk kind yet)."""
+
+    nvdimm: Path | None = None
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        if self.nvdimm is None:
+            return argv
+        size = self.nvdimm.stat().st_size
+        argv[argv.index("-m") + 1] += f",slots=2,maxmem={self.memory_mb + 8192}M"
+        argv[argv.index("-machine") + 1] += ",nvdimm=on"
+        return argv + [
+            "-object", f"memory-backend-file,id=nv0,share=off,mem-path={self.nvdimm},size={size}",
+            "-device", "nvdimm,memdev=nv0,id=nvdimm0",
+        ]  # fmt: skip
+
+
 APPEND = f"root=UUID={dr.ROOT_UUID} ro quiet nokaslr"  # + the harness's console=ttyS0 panic=-1
 
 
@@ -80,7 +111,8 @@ class Built:
     initrd: Path
     initrd_bytes: int
     stage2_bytes: int = 0
-    build_seconds: float = 0.0
+    build_seconds: float = 0.0  # median of build_samples
+    build_samples: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     boots: list[dr.BootReading] = field(default_factory=list)
 
@@ -95,7 +127,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--boots", type=int, default=3, help="identical boots per variant (default 3)")
     ap.add_argument("--quick", action="store_true", help="one boot per variant (a smoke run)")
     ap.add_argument("--variants", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
-    ap.add_argument("--no-icount", action="store_true", help="plain TCG: faster, NOT repeatable")
+    ap.add_argument(
+        "--build-repeats",
+        type=int,
+        default=3,
+        help="builds per initrd; the table shows the median (default 3)",
+    )
+    ap.add_argument(
+        "--disk",
+        choices=sorted(DISK_MODULES),
+        default="nvdimm",
+        help="how the root disk is attached (default nvdimm: repeats under -icount; virtio-pmem does not "
+        "once the root is written to)",
+    )
+    ap.add_argument(
+        "--no-icount",
+        action="store_true",
+        help="plain TCG: NOT repeatable, and no faster here "
+        "(icount's sleep=off skips the guest's idle waits)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="host seconds per boot (default 900)")
     ap.add_argument("--workdir", type=Path, help="trees, images, console logs (default: the cache dir)")
     ap.add_argument("--out", type=Path, default=bl.REPO / "qemu" / "results" / "realroot")
@@ -113,10 +163,16 @@ def lists(tree: Path, image: str, tool: str) -> str:
 
 
 def missing_pmem(listing: str) -> list[str]:
-    return [m for m in PMEM_MODULES if not re.search(rf"/{m}\.ko", listing)]
+    return [m for m in DISK_MODULES[DISK] if not re.search(rf"/{m}\.ko", listing)]
 
 
-def build_initramfs_tools(tree: Path, kver: str, work: Path) -> Built:
+def timed(repeats: int, once) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    """Run a build `repeats` times (the machine is shared: one build time is noise): median and all."""
+    samples = [once() for _ in range(max(1, repeats))]
+    return statistics.median(samples), [round(x, 2) for x in samples]
+
+
+def build_initramfs_tools(tree: Path, kver: str, work: Path, repeats: int) -> Built:
     v = VARIANTS[0]
     image = f"/boot/initrd.img-{kver}"
     notes = []
@@ -126,18 +182,22 @@ def build_initramfs_tools(tree: Path, kver: str, work: Path) -> Built:
     missing = missing_pmem(lists(tree, image, v.tool))
     if missing:
         with open(tree / "etc/initramfs-tools/modules", "a") as f:
-            f.write("# virtio-pmem, the benchmark's disk (qemu/realroot.py)\n" + "\n".join(missing) + "\n")
+            f.write(f"# {DISK}, the benchmark's disk (qemu/realroot.py)\n" + "\n".join(missing) + "\n")
         notes.append(f"added to /etc/initramfs-tools/modules: {' '.join(missing)}")
-    (tree / image[1:]).unlink()
-    seconds = dr.in_tree(tree, ["update-initramfs", "-c", "-k", kver])
+
+    def once() -> float:
+        (tree / image[1:]).unlink()
+        return dr.in_tree(tree, ["update-initramfs", "-c", "-k", kver])
+
+    seconds, samples = timed(repeats, once)
     if still := missing_pmem(lists(tree, image, v.tool)):
         raise SystemExit(f"initramfs-tools' image still lacks {still}")
     out = work / "initrd-initramfs-tools.img"
     shutil.copy(tree / image[1:], out)
-    return Built(v, out, out.stat().st_size, 0, seconds, notes)
+    return Built(v, out, out.stat().st_size, 0, seconds, samples, notes)
 
 
-def build_dracut(tree: Path, kver: str, work: Path) -> Built:
+def build_dracut(tree: Path, kver: str, work: Path, repeats: int) -> Built:
     v = VARIANTS[1]
     image = "/boot/initrd-dracut.img"
     argv = ["dracut", "--no-hostonly", "--force", "--kver", kver]
@@ -146,40 +206,34 @@ def build_dracut(tree: Path, kver: str, work: Path) -> Built:
     if missing := missing_pmem(lists(tree, image, v.tool)):
         argv += ["--add-drivers", " ".join(missing)]
         notes.append(f"dracut --add-drivers '{' '.join(missing)}'")
-    seconds = dr.in_tree(tree, [*argv, image])
+    seconds, samples = timed(repeats, lambda: dr.in_tree(tree, [*argv, image]))
     if still := missing_pmem(lists(tree, image, v.tool)):
         raise SystemExit(f"dracut's image still lacks {still}")
     out = work / "initrd-dracut.img"
     shutil.copy(tree / image[1:], out)
-    return Built(v, out, out.stat().st_size, 0, seconds, notes)
+    return Built(v, out, out.stat().st_size, 0, seconds, samples, notes)
 
 
-def build_initbuild(v: Variant, tree: Path, kver: str, work: Path) -> Built:
+def build_initbuild(v: Variant, tree: Path, kver: str, work: Path, repeats: int) -> Built:
     profile = work / "profiles" / f"{v.name}.yaml"
     profile.parent.mkdir(parents=True, exist_ok=True)
     image = v.stage2_name if v.mode == "initoverlayfs" else None
-    text = dr.profile_text(v.title, v.mode, kver, systemd=v.systemd, stage2_image=image)
+    text = dr.profile_text(
+        v.title, v.mode, kver, systemd=v.systemd, stage2_image=image, boot_drivers=BOOT_DRIVERS[DISK]
+    )
     profile.write_text(text)
     out = work / "out" / v.name
-    t0 = time.perf_counter()
-    cp = run(
-        [
-            sys.executable,
-            "-m",
-            "initbuild",
-            "build",
-            str(profile),
-            "--sysroot",
-            str(tree),
-            "-o",
-            str(out),
-            "--force",
-            "--json",
-            "-q",
-        ]
-    )
-    seconds = time.perf_counter() - t0
-    report = json.loads(cp.stdout)
+    argv = [sys.executable, "-m", "initbuild", "-q", "build", str(profile), "--sysroot", str(tree)]
+    argv += ["-o", str(out), "--force", "--json"]
+    result: list[bytes] = []
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        result[:] = [run(argv).stdout]
+        return time.perf_counter() - t0
+
+    seconds, samples = timed(repeats, once)
+    report = json.loads(result[0])
     paths = {o["kind"]: o for o in report["outputs"]}
     initrd = out / paths["initramfs"]["path"]
     stage2 = 0
@@ -187,17 +241,18 @@ def build_initbuild(v: Variant, tree: Path, kver: str, work: Path) -> Built:
         src = out / paths["stage2"]["path"]
         stage2 = src.stat().st_size
         shutil.copy(src, tree / "boot" / v.stage2_name.format(kver=kver))
-    return Built(v, initrd, initrd.stat().st_size, stage2, seconds)
+    return Built(v, initrd, initrd.stat().st_size, stage2, seconds, samples)
 
 
 def boot_variant(b: Built, kernel: Path, disk: Path, args: argparse.Namespace, logs: Path) -> None:
     for i in range(args.boots):
-        vm = VM(
+        vm = NvdimmVM(
             kernel=kernel,
             initrd=b.initrd,
             append=APPEND,
             memory_mb=2048,
-            disks=(Disk(disk, kind="pmem"),),
+            disks=(Disk(disk, kind="pmem"),) if DISK == "virtio-pmem" else (),
+            nvdimm=disk if DISK == "nvdimm" else None,
             accel="tcg",
             machine="pc",
             icount=not args.no_icount,
@@ -246,6 +301,7 @@ def summary(b: Built) -> dict[str, Any]:
         "initrd_bytes": b.initrd_bytes,
         "stage2_bytes": b.stage2_bytes,
         "build_seconds": round(b.build_seconds, 2),
+        "build_samples": b.build_samples,
         "notes": b.notes,
         "boots": len(b.boots),
         "reached": sum(r.reached for r in b.boots),
@@ -395,6 +451,8 @@ def update_readme(block: str, series: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global DISK
+    DISK = args.disk
     names = args.variants.split(",")
     variants = [v for v in VARIANTS if v.name in names]
     work = args.workdir or dr.cache_root() / f"work-{args.kernel}"
@@ -412,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     built: list[Built] = []
     for v in variants:
         if v.tool == "initramfs-tools":
-            built.append(build_initramfs_tools(tree, kver, work))
+            built.append(build_initramfs_tools(tree, kver, work, args.build_repeats))
         elif v.tool == "dracut":
             dsrc, _ = dr.make_root(dr.bench_spec(args.kernel, "dracut"), log=bl.say)
             dtree = dr.copy_tree(dsrc, work / "tree-dracut")
@@ -422,9 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"the dracut root's kernel differs from {kver} {pkg_version(tree, kver)}: "
                     f"remove {dsrc.parent} and run again"
                 )
-            built.append(build_dracut(dtree, kver, work))
+            built.append(build_dracut(dtree, kver, work, args.build_repeats))
         else:
-            built.append(build_initbuild(v, tree, kver, work))
+            built.append(build_initbuild(v, tree, kver, work, args.build_repeats))
         b = built[-1]
         bl.say(
             f"built {v.name}: {b.initrd_bytes / 1e6:.2f} MB"
@@ -443,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     note = (
         f"{args.boots} boot(s) per variant, Debian {dr.SUITE} ({kver}, "
         f"packages: {', '.join(dr.BENCH_PACKAGES)} "
-        f"+ the generator), {accel}, machine pc, 2 GiB, 1 vCPU, root disk virtio-pmem, command line "
+        f"+ the generator), {accel}, machine pc, 2 GiB, 1 vCPU, root disk {DISK}, command line "
         f"`{APPEND}`; initbuild {rev}. Times are guest seconds since power-on (printk)."
     )
     md = table(sums) + "\n\n" + note + "\n\n" + "\n".join(goals(sums)) + "\n"

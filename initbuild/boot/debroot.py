@@ -132,14 +132,28 @@ PROFILE = """# initbuild profile of a real Debian root (initbuild/boot/debroot.p
 mode: {mode}
 kernel: {kver}
 modules: [{modules}]
-# the benchmark machine's disk is virtio-pmem (deterministic under -icount); the peers get the same drivers
-boot_drivers: [virtio_pmem, nd_pmem]
+# the test machine's disk (emulated persistent memory, deterministic under -icount): not the host's
+boot_drivers: [{boot_drivers}]
 """
 
 
-def profile_text(title: str, mode: str, kver: str, *, systemd: bool, stage2_image: str | None) -> str:
+def profile_text(
+    title: str,
+    mode: str,
+    kver: str,
+    *,
+    systemd: bool,
+    stage2_image: str | None,
+    boot_drivers: tuple[str, ...] = ("virtio_pmem", "nd_pmem"),
+) -> str:
     """An initbuild profile for the root disk of this module (stage two at /boot/`stage2_image`)."""
-    text = PROFILE.format(title=title, mode=mode, kver=kver, modules="systemd" if systemd else "")
+    text = PROFILE.format(
+        title=title,
+        mode=mode,
+        kver=kver,
+        modules="systemd" if systemd else "",
+        boot_drivers=", ".join(boot_drivers),
+    )
     if stage2_image:
         text += DISK_KEYS.format(uuid=ROOT_UUID, image=stage2_image)
     return text
