@@ -162,7 +162,8 @@ def render(data: dict[str, Any], out: Path, readme_series: str | None) -> str:
         f"{', '.join(data['packages'])} + the generator), {data['accel']}, machine pc, 2 GiB, 1 vCPU, "
         f"root disk {data.get('disk', 'nvdimm')}, command line `{data['append']}`; initbuild "
         f"{data['initbuild_commit']}. Times are guest seconds since power-on (printk); build s: median of "
-        "wall-clock builds on a shared 2-core machine."
+        "wall-clock builds on a shared 2-core machine. systemd-analyze's initrd is `-` where no systemd "
+        "runs in the initrd: its kernel time then includes the initrd."
     )
     md = table(sums) + "\n\n" + note + "\n\n" + "\n".join(goals(sums)) + "\n"
     (out / "table.md").write_text(md)
@@ -170,8 +171,9 @@ def render(data: dict[str, Any], out: Path, readme_series: str | None) -> str:
         svg(sums, f"{data['kernel']}, {data['accel']}, initbuild {data['initbuild_commit']}")
     )
     if readme_series:
-        cmd = f"    .venv/bin/python qemu/realroot.py --kernel {readme_series} --boots {data['boots']}"
-        cmd += " --update-readme"
+        cmd = f"Reproduce: `.venv/bin/python qemu/realroot.py --kernel {readme_series}"
+        cmd += f" --boots {data['boots']}"
+        cmd += " --update-readme` (all numbers: results.json next to the plot)."
         plot = f"![boot phases](qemu/results/realroot/{readme_series}/plot.svg)"
         if not update_readme(f"{cmd}\n\n{md}\n{plot}\n", readme_series):
             bl.say(f"README.md has no realroot markers for {readme_series}: not updated")

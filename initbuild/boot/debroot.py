@@ -328,7 +328,9 @@ _UP = re.compile(rf"initbuild-marker: {UP_MARKER} uptime=([\d.]+) memavailable_k
 _SWITCH = re.compile(rf"initbuild-marker: {SWITCH_MARKER} uptime=([\d.]+) memavailable_kb=(\d+)")
 _STARTUP = re.compile(r"Startup finished in (.*?) = ([\d.]+\s*\w+)")
 _PART = re.compile(r"((?:[\d.]+(?:min|ms|us|s)\s*)+)\((\w+)\)")
-_REACHED = re.compile(r"multi-user\.target reached after ((?:[\d.]+(?:min|ms|us|s)\s*)+) in userspace")
+_REACHED = re.compile(
+    r"(?:multi-user|graphical)\.target reached after ((?:[\d.]+(?:min|ms|us|s)\s*)+) in userspace"
+)
 _NOTABLE = re.compile(r"fail|error|warn|could not|can't|cannot|unable|timed out", re.I)
 
 
