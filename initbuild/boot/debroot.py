@@ -120,18 +120,15 @@ WantedBy=multi-user.target
 """
 
 
-# ---- DISK KEYS: written by hand until `hostonly: auto` (issue #11 point 1) reads them from the tree's
-# /etc/fstab; then drop this block (and `stage2_image` below: the image's default name will do). -----
-DISK_KEYS = """overlay:
-  bootfs: UUID={uuid}
-  bootfstype: ext4
-  fs: /boot/{image}
-"""
-# ------------------------------------------------------------------------------------------------------
+# Nothing about disks: `hostonly: yes` reads the root's UUID and type, and the filesystem that holds
+# /boot, from the tree's /etc/fstab (docs/hostonly.md), and fails the build if it cannot. Only the
+# image's name is pinned when a variant uses its own (several variants share one disk).
+DEFAULT_STAGE2 = "initoverlayfs-{kver}.img"
 PROFILE = """# initbuild profile of a real Debian root (initbuild/boot/debroot.py): {title}
 mode: {mode}
 kernel: {kver}
 modules: [{modules}]
+hostonly: yes
 # the test machine's disk (emulated persistent memory, deterministic under -icount): not the host's
 boot_drivers: [{boot_drivers}]
 """
@@ -146,7 +143,8 @@ def profile_text(
     stage2_image: str | None,
     boot_drivers: tuple[str, ...] = ("virtio_pmem", "nd_pmem"),
 ) -> str:
-    """An initbuild profile for the root disk of this module (stage two at /boot/`stage2_image`)."""
+    """An initbuild profile for the root disk of this module (stage two at /boot/`stage2_image`),
+    host-aware: the disk keys come from the tree's /etc/fstab."""
     text = PROFILE.format(
         title=title,
         mode=mode,
@@ -154,8 +152,8 @@ def profile_text(
         modules="systemd" if systemd else "",
         boot_drivers=", ".join(boot_drivers),
     )
-    if stage2_image:
-        text += DISK_KEYS.format(uuid=ROOT_UUID, image=stage2_image)
+    if stage2_image and stage2_image != DEFAULT_STAGE2:
+        text += f"overlay:\n  fs: /boot/{stage2_image}\n"
     return text
 
 
