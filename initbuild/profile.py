@@ -65,10 +65,11 @@ class HostOnly(StrEnum):
     NO = "no"  # generic: the values below (GENERIC_*), for any machine
 
 
-AUTO = "auto"  # an overlay key's value resolved by resolve/host.py (never left in a resolved profile)
-# what `auto` means in a generic build: a filesystem labelled "boot" holding the image at its top
+AUTO = "auto"  # resolved by resolve/host.py; only bootfstype may keep it (then detected at boot)
+# what `auto` means in a generic build: a filesystem labelled "boot" holding the image at its top,
+# its type read from its superblock at boot (stage one's ib_fstype), since the build cannot know it
 GENERIC_BOOTFS = "LABEL=boot"
-GENERIC_BOOTFSTYPE = "ext4"
+GENERIC_BOOTFSTYPE = "auto"
 GENERIC_FS = "/initoverlayfs-{kver}.img"
 
 

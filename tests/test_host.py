@@ -232,7 +232,7 @@ def test_pinned_keys_win(tmp_path: Path) -> None:
     p = profile("overlay: {bootfs: LABEL=mine}\n")
     resolved, warning = resolve_profile(p, detect_host(p, Sysroot(root), KVER))
     assert (resolved.overlay.bootfs, resolved.overlay.bootfstype, resolved.overlay.fs) == (
-        "LABEL=mine", "ext4", GENERIC_FS,
+        "LABEL=mine", "auto", GENERIC_FS,
     )  # fmt: skip
     assert warning == "" and "rootfstype=ext4" in resolved.cmdline  # still host mode for the root
     # fs and type pinned, bootfs detected; the profile's cmdline comes after the defaults (it wins)
@@ -409,7 +409,7 @@ def test_a_build_bakes_the_resolved_values(tmp_path: Path) -> None:
     # --generic: today's defaults
     cp = ib("build", "--generic", "--sysroot", str(root), "-o", str(out), "-q", "--force")
     conf = (out / "initoverlayfs.conf").read_text()
-    assert f"\nbootfs {GENERIC_BOOTFS}\nbootfstype ext4\nfs /initoverlayfs-{FAKE_KVER}.img\n" in conf
+    assert f"\nbootfs {GENERIC_BOOTFS}\nbootfstype auto\nfs /initoverlayfs-{FAKE_KVER}.img\n" in conf
     assert "\n# Generic build: " in conf
 
 

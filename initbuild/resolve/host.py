@@ -454,7 +454,7 @@ def resolve_profile(profile: Profile, info: HostInfo) -> tuple[Profile, str]:
         )
     if not host and profile.hostonly is HostOnly.AUTO:
         warning = (
-            f"hostonly: auto: building generic images ({GENERIC_BOOTFS}, {GENERIC_BOOTFSTYPE}): cannot find "
+            f"hostonly: auto: building generic images ({GENERIC_BOOTFS}, its type read at boot): cannot find "
             f"{why}; pin overlay.bootfs, or pass --generic (hostonly: no), to silence this"
         )
     ov = profile.overlay
