@@ -543,24 +543,33 @@ def _fsck_sysroot(root: Path, fstab: str | None, checker: bool = True) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("fstab", "checker", "used", "why"),
+    ("fstab", "checker", "mode", "used", "why"),
     [
         (
             "UUID=x / ext4 defaults 0 1\n",
             True,
+            "plain",
             True,
             "/etc/fstab asks for a check of / (UUID=x, ext4, passno 1)",
         ),
-        ("UUID=x / ext4 defaults 0 0\n", True, False, "/etc/fstab asks no check of / (passno 0)"),
-        (None, True, False, "the sysroot has no /etc/fstab"),
-        ("UUID=x / ext4 defaults 0 1\n", False, False, "but the sysroot has no fsck.ext4"),
+        # host-aware: stage two's image goes to /boot on the root itself, which stage one holds
+        (
+            "UUID=x / ext4 defaults 0 1\n",
+            True,
+            "initoverlayfs",
+            False,
+            "but stage two's image is on the root (UUID=x): the real system checks it",
+        ),
+        ("UUID=x / ext4 defaults 0 0\n", True, "plain", False, "/etc/fstab asks no check of / (passno 0)"),
+        (None, True, "plain", False, "the sysroot has no /etc/fstab"),
+        ("UUID=x / ext4 defaults 0 1\n", False, "plain", False, "but the sysroot has no fsck.ext4"),
     ],
 )
 def test_fsck_module_follows_the_sysroots_fstab(
-    tmp_path: Path, fstab: str | None, checker: bool, used: bool, why: str
+    tmp_path: Path, fstab: str | None, checker: bool, mode: str, used: bool, why: str
 ) -> None:
     root = _fsck_sysroot(tmp_path / "root", fstab, checker)
-    profile = load_profile_text(f"sysroot: {root}\n", "p.yaml")
+    profile = load_profile_text(f"sysroot: {root}\nmode: {mode}\n", "p.yaml")
     p, sysroot = make_plan(profile)
     reasons = {pm.name: pm.reason for pm in p.modules}
     if not used:
@@ -577,7 +586,7 @@ def test_fsck_module_follows_the_sysroots_fstab(
     dropin = m.get("/etc/systemd/system/systemd-fsck-root.service.d/initbuild-root-held.conf")
     assert dropin is not None and dropin.data is not None
     assert b"ConditionPathExists=!/etc/initbuild/root-held" in dropin.data
-    assert col.stage1 is not None and col.stage1.manifest.get("/etc/initbuild/fsck.conf") is None
+    assert col.stage1 is None  # plain: the one image holds the check
 
 
 # -- the superblock reader of /init (templates/initlib.sh ib_fstype) --------------------------------

@@ -13,7 +13,9 @@ sysroot.mount itself.
 When stage one holds the root's filesystem (stage two's image is a file on it: bootfs is the root
 device), the initrd cannot check it: e2fsck refuses a filesystem the kernel has mounted. The check is
 then left to the real system, which checks its read-only mounted root (systemd-fsck-root.service);
-/init says so, and a drop-in keeps systemd-fsck in the initrd from trying.
+/init says so, and a drop-in keeps systemd-fsck in the initrd from trying. When the build already
+knows it (overlay.bootfs is the fstab's root spec, as host-aware builds write it on a stock Debian
+layout), the module is not included at all.
 """
 
 import posixpath
@@ -80,10 +82,25 @@ def _checker(ctx, fstype):
     return None
 
 
+def _root_holds_stage_two(profile, spec):
+    """Whether stage two's image is a file on the root's own filesystem (bootfs names the root as
+    the fstab does, as a host-aware build writes it): stage one then holds the root mounted."""
+    ov = profile.overlay
+    return (
+        str(profile.mode) == "initoverlayfs" and bool(ov.fs) and ov.attach != "direct" and ov.bootfs == spec
+    )
+
+
 def check(ctx):
     entry, why = _asked(ctx.sysroot)
     if entry is None:
         return Check.ON_DEMAND, why
+    if _root_holds_stage_two(ctx.profile, entry[0]):
+        # nothing in the initrd could run: fsck, e2fsck and their libraries (~2 MB) would be dead weight
+        return (
+            Check.ON_DEMAND,
+            f"{why}, but stage two's image is on the root ({entry[0]}): the real system checks it",
+        )
     if entry[1] != "auto" and _checker(ctx, entry[1]) is None:
         return Check.UNAVAILABLE, f"{why}, but the sysroot has no fsck.{entry[1]}"
     return Check.INCLUDE, why
