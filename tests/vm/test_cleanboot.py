@@ -28,8 +28,11 @@ from initbuild.config import load_profile_text
 
 pytestmark = pytest.mark.vm
 
+# hostonly: no: nothing of the machine running the tests (its root's type, its fstab) may be baked in;
+# these boots check what /init detects by itself
 BUSYBOX = """
 mode: initoverlayfs
+hostonly: no
 modules: [fsck]
 overlay:
   bootfs: LABEL=boot
@@ -40,6 +43,7 @@ overlay:
 
 SYSTEMD = """
 mode: initoverlayfs
+hostonly: no
 modules: [systemd, fsck]
 overlay:
   bootfs: LABEL=root
