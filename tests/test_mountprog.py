@@ -89,8 +89,8 @@ def test_readelf_agrees(prog: Path) -> None:
     assert "INTERP" not in out and "DYNAMIC" not in out
 
 
-@pytest.mark.skipif(not have_tool("objdump"), reason="binutils not installed")
-def test_objdump_disassembles_the_listing(prog: Path) -> None:
+def _objdump(prog: Path) -> list[tuple[int, bytes, str]]:
+    """objdump's disassembly of a program's code: (address, bytes, Intel syntax) per instruction."""
     entry = LOAD_ADDRESS + CODE_OFFSET
     cp = subprocess.run(
         ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel"]
@@ -104,6 +104,12 @@ def test_objdump_disassembles_the_listing(prog: Path) -> None:
         m = re.match(r"\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*\t(.*)$", line)
         if m:
             got.append((int(m[1], 16), bytes.fromhex(m[2]), " ".join(m[3].split())))
+    return got
+
+
+@pytest.mark.skipif(not have_tool("objdump"), reason="binutils not installed")
+def test_objdump_disassembles_the_listing(prog: Path) -> None:
+    got = _objdump(prog)
     want = [(ln.address, ln.code, ln.asm) for ln in assemble()]
     # the mnemonics first (the clearest failure), then operands, addresses and instruction boundaries
     assert [g[2].split()[0] for g in got] == [w[2].split()[0] for w in want]
@@ -296,19 +302,7 @@ def pivot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.skipif(not have_tool("objdump"), reason="binutils not installed")
 def test_objdump_disassembles_the_pivot_listing(pivot: Path) -> None:
-    entry = LOAD_ADDRESS + CODE_OFFSET
-    cp = subprocess.run(
-        ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "-M", "intel"]
-        + [f"--adjust-vma={LOAD_ADDRESS:#x}", f"--start-address={entry:#x}", str(pivot)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    got = []
-    for line in cp.stdout.splitlines():
-        m = re.match(r"\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*\t(.*)$", line)
-        if m:
-            got.append((int(m[1], 16), bytes.fromhex(m[2]), " ".join(m[3].split())))
+    got = _objdump(pivot)
     assert got == [(ln.address, ln.code, ln.asm) for ln in assemble(mountprog.PIVOT_PROGRAM)]
     assert len(pivot.read_bytes()) < 256
 
