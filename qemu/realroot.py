@@ -46,7 +46,7 @@ import benchlib as bl  # also puts the checkout on sys.path
 import realroot_report as rep
 
 from initbuild.boot import debroot as dr
-from initbuild.boot.harness import PMEM_ALIGN, VM, Disk, boot
+from initbuild.boot.harness import PMEM_ALIGN, VM, Disk, boot, qemu_opt_value
 from initbuild.run import run
 
 # The root disk. NVDIMM (ACPI NFIT, `-device nvdimm`): guest memory, flushes are a CPU barrier, so
@@ -75,7 +75,7 @@ class NvdimmVM(VM):
         argv[argv.index("-m") + 1] += f",slots=2,maxmem={self.memory_mb + 8192}M"
         argv[argv.index("-machine") + 1] += ",nvdimm=on"
         return argv + [
-            "-object", f"memory-backend-file,id=nv0,share=off,mem-path={self.nvdimm},size={size}",
+            "-object", f"memory-backend-file,id=nv0,share=off,mem-path={qemu_opt_value(self.nvdimm)},size={size}",
             "-device", "nvdimm,memdev=nv0,id=nvdimm0",
         ]  # fmt: skip
 
@@ -148,6 +148,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(icount's sleep=off skips the guest's idle waits)",
     )
     ap.add_argument("--timeout", type=float, default=900, help="host seconds per boot (default 900)")
+    ap.add_argument(
+        "--append",
+        default="",
+        metavar="ARGS",
+        help="extra kernel command line for a diagnostic run, e.g. 'systemd.log_target=kmsg' "
+        "(results then differ from the table's: not with --update-readme)",
+    )
     ap.add_argument("--workdir", type=Path, help="trees, images, console logs (default: the cache dir)")
     ap.add_argument("--out", type=Path, default=bl.REPO / "qemu" / "results" / "realroot")
     ap.add_argument(
@@ -253,7 +260,7 @@ def boot_variant(b: Built, kernel: Path, disk: Path, args: argparse.Namespace, l
         vm = NvdimmVM(
             kernel=kernel,
             initrd=b.initrd,
-            append=APPEND,
+            append=f"{APPEND} {args.append}".strip(),
             memory_mb=2048,
             disks=(Disk(disk, kind="pmem"),) if DISK == "virtio-pmem" else (),
             nvdimm=disk if DISK == "nvdimm" else None,
@@ -325,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads((args.out / args.kernel / "results.json").read_text())
         print(rep.render(data, args.out / args.kernel, args.kernel if args.update_readme else None))
         return 0
+    if args.append and args.update_readme:
+        print("realroot.py: --append is for diagnostic runs; it cannot --update-readme", file=sys.stderr)
+        return 2
     global DISK
     DISK = args.disk
     names = args.variants.split(",")

@@ -104,15 +104,21 @@ class VM:
                 if size % PMEM_ALIGN:
                     raise ValueError(f"{d.path}: pmem backing file size {size} is not a multiple of 2 MiB")
                 argv += [
-                    "-object", f"memory-backend-file,id=pm{i},share=off,mem-path={d.path},size={size}",
+                    "-object", f"memory-backend-file,id=pm{i},share=off,mem-path={qemu_opt_value(d.path)},size={size}",
                     "-device", f"virtio-pmem-pci,memdev=pm{i},id=pmem{i}",
                 ]  # fmt: skip
             else:
                 ro = ",readonly=on" if d.readonly else ""
-                argv += ["-drive", f"file={d.path},format=raw,if=virtio,cache=unsafe{ro}"]
+                argv += ["-drive", f"file={qemu_opt_value(d.path)},format=raw,if=virtio,cache=unsafe{ro}"]
         for dev in self.devices:
             argv += ["-device", dev]
         return argv
+
+
+def qemu_opt_value(value: object) -> str:
+    """A value inside a QEMU `key=value,...` option: a comma there is written twice (QEMU's escape),
+    so a disk under a path such as /tmp/a,b is not cut into a bogus second option."""
+    return str(value).replace(",", ",,")
 
 
 def _cpu_model(accel: str, deterministic: bool) -> str:
