@@ -72,10 +72,11 @@ class NvdimmVM(VM):
         if self.nvdimm is None:
             return argv
         size = self.nvdimm.stat().st_size
+        path = qemu_opt_value(self.nvdimm)
         argv[argv.index("-m") + 1] += f",slots=2,maxmem={self.memory_mb + 8192}M"
         argv[argv.index("-machine") + 1] += ",nvdimm=on"
         return argv + [
-            "-object", f"memory-backend-file,id=nv0,share=off,mem-path={qemu_opt_value(self.nvdimm)},size={size}",
+            "-object", f"memory-backend-file,id=nv0,share=off,mem-path={path},size={size}",
             "-device", "nvdimm,memdev=nv0,id=nvdimm0",
         ]  # fmt: skip
 

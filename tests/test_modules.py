@@ -679,3 +679,47 @@ def test_base_takes_a_dynamic_busybox_with_its_libraries(tmp_path: Path) -> None
     for applet in ("sh", "mount", "switch_root", "od", "umount"):
         link = m.get(f"/usr/bin/{applet}")
         assert link is not None and link.target == "busybox", (applet, link)
+
+
+# -- systemd stage two: coldplug and udev's groups (modules.d/45systemd, modules.d/40udev) ----------
+
+HOST_SYSTEMD = all(
+    Path(p).exists()
+    for p in ("/usr/lib/systemd/systemd", "/usr/bin/systemctl", "/usr/lib/systemd/system/initrd.target")
+)
+
+
+@pytest.mark.skipif(not HOST_SYSTEMD, reason="this machine has no systemd to build a systemd stage two from")
+@pytest.mark.parametrize("host_mode", [True, False])
+def test_systemd_stage_two_coldplugs_block_devices_only_in_host_builds(host_mode: bool) -> None:
+    import dataclasses
+
+    kver = sorted(p.name for p in Path("/lib/modules").iterdir())[0]
+    profile = load_profile_text(f"kernel: {kver}\nhostonly: no\nmodules: [systemd]\n", "p.yaml")
+    p, sysroot = make_plan(profile)
+    col = collect(dataclasses.replace(p, host_mode=host_mode), sysroot)
+    m = col.stage2.manifest
+    dropin = m.get("/etc/systemd/system/systemd-udev-trigger.service.d/initbuild-coldplug.conf")
+    script = next((e for e in m if e.path.endswith("/initbuild/udev-coldplug")), None)
+    if not host_mode:
+        assert dropin is None and script is None
+    else:
+        assert dropin is not None and dropin.data is not None and script is not None and script.data
+        assert b"ExecStart=\nExecStart=-/lib/initbuild/udev-coldplug\n" in dropin.data
+        text = script.data.decode()
+        assert "--subsystem-match=block" in text and "initbuild.coldplug=all" in text
+        cp = run.run(["sh", "-n", "-c", text])  # POSIX sh that parses
+        assert cp.returncode == 0
+    link = m.get("/var/run")
+    assert link is not None and link.target == "../run"
+    # every group the shipped udev rules name is known, with the sysroot's gid and no members
+    import re
+
+    rules = [e for e in m if "/udev/rules.d/" in e.path and e.source]
+    named = {g for e in rules for g in re.findall(r'\bGROUP\s*:?=\s*"([^"]+)"', Path(e.source).read_text())}
+    group = m.get("/etc/group")
+    assert named and group is not None and group.data is not None
+    ours = {line.split(":")[0]: line for line in group.data.decode().splitlines()}
+    host = {f[0]: f[2] for f in (line.split(":") for line in Path("/etc/group").read_text().splitlines())}
+    assert set(ours) == named & set(host)
+    assert all(ours[g] == f"{g}:x:{host[g]}:" for g in ours)

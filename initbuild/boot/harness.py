@@ -103,8 +103,9 @@ class VM:
                 size = os.path.getsize(d.path)
                 if size % PMEM_ALIGN:
                     raise ValueError(f"{d.path}: pmem backing file size {size} is not a multiple of 2 MiB")
+                path = qemu_opt_value(d.path)
                 argv += [
-                    "-object", f"memory-backend-file,id=pm{i},share=off,mem-path={qemu_opt_value(d.path)},size={size}",
+                    "-object", f"memory-backend-file,id=pm{i},share=off,mem-path={path},size={size}",
                     "-device", f"virtio-pmem-pci,memdev=pm{i},id=pmem{i}",
                 ]  # fmt: skip
             else:

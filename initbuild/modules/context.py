@@ -92,6 +92,8 @@ class InstallContext(Protocol):
 
     stage: int  # 1 (stage one) or 2 (stage two, or the plain image)
     profile: Profile
+    host_mode: bool  # built for the target system's own devices (hostonly), not for any machine
+    manifest: Manifest  # what this stage holds so far (read only: add through the methods below)
     kver: str
     sysroot: Sysroot  # read only
     kmods: KernelModules  # the kernel's modules, read only
@@ -170,6 +172,7 @@ class Collector:
         self.stage = stage
         self.plan = plan
         self.profile = plan.profile
+        self.host_mode = plan.host_mode
         self.kver = plan.kver
         self.sysroot = sysroot
         self.kmods = kmods

@@ -6,6 +6,8 @@ any other device, loaded by udev's kmod builtin from the binary module indexes (
 modules.*.bin, so the module asks for them).
 """
 
+import re
+
 from initbuild.modules import Check
 
 UDEVD = ("/usr/lib/systemd/systemd-udevd", "/lib/systemd/systemd-udevd")
@@ -38,9 +40,32 @@ def check(ctx):
     return None
 
 
+GROUP_RE = re.compile(r'\bGROUP\s*:?=\s*"([^"]+)"')
+
+
+def rule_groups(ctx) -> str:
+    """/etc/group lines (members dropped) for the groups the shipped rules name: without them udevd
+    logs "Unknown group 'disk', ignoring" for every such rule and leaves the nodes root-owned."""
+    names = set()
+    for entry in ctx.manifest:
+        if "/udev/rules.d/" in entry.path and entry.source:
+            names.update(GROUP_RE.findall(ctx.sysroot.read_text(entry.source)))
+    if not names or not ctx.sysroot.is_file("/etc/group"):
+        return ""
+    lines = []
+    for line in ctx.sysroot.read_text("/etc/group").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] in names:
+            lines.append(f"{fields[0]}:x:{fields[2]}:")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def install(ctx):
     udevd = next(p for p in UDEVD if ctx.sysroot.exists(p))
     ctx.add_binary(udevd)
     ctx.add_data("/lib/initbuild/hooks/pre-mount/40udev.sh", START.format(udevd=udevd), mode=0o644)
     ctx.add_data("/lib/initbuild/hooks/pre-switch/40udev.sh", STOP, mode=0o644)
     ctx.want_binary_module_indexes()
+    groups = rule_groups(ctx)
+    if groups:
+        ctx.add_data("/etc/group", groups, why="the groups udev rules name")
