@@ -13,7 +13,7 @@ import zstandard
 
 from initbuild import run
 from initbuild.errors import ResolveError
-from initbuild.resolve.kmod import KernelModules, Kmod, normalize
+from initbuild.resolve.kmod import KernelModules, Kmod, WildAliases, normalize
 from initbuild.resolve.modfile import MODULE_SIG_STRING, module_signature, pkcs7_digest_algo, read_modinfo
 from initbuild.resolve.modindex import binary_indexes, index_files
 from initbuild.sysroot import Sysroot, strip_compression
@@ -364,7 +364,8 @@ def test_missing_tree(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "norm"), [("a-b", "a_b"), ("usb:v1D6Bp0[0-9-]*d-x", "usb:v1D6Bp0[0-9-]*d_x")]
+    ("raw", "norm"),
+    [("a-b", "a_b"), ("usb:v1D6Bp0[0-9-]*d-x", "usb:v1D6Bp0[0-9-]*d_x"), ("ab", "ab"), ("a[-]b-", "a[-]b_")],
 )
 def test_normalize(raw: str, norm: str) -> None:
     assert normalize(raw) == norm
@@ -487,3 +488,26 @@ def test_binary_indexes_are_what_libkmod_reads(tmp_path: Path, kver: str) -> Non
     # a module left out of the subset is unknown to libkmod there
     cp = run.run(["modprobe", "-d", str(root), "-S", kver, "--show-depends", "btrfs"], check=False)
     assert cp.returncode != 0
+
+
+def test_wild_aliases_match_as_fnmatch_over_the_whole_file(kver: str) -> None:
+    """The bus-grouped, prefix-filtered matcher finds what fnmatch over every pattern finds, in file
+    order: for this machine's own modaliases and for keys made from the patterns themselves."""
+    import fnmatch
+    import random
+
+    km = KernelModules(Sysroot("/"), kver)
+    wild = km._aliases_wild
+    assert isinstance(wild, WildAliases) and len(wild.patterns) > 1000
+    keys = {normalize(p.read_text().strip()) for p in Path("/sys/devices").rglob("modalias")}
+    rng = random.Random(1)
+    for pat, _ in rng.sample(wild.patterns, 300):
+        keys.add(pat.replace("*", "").replace("?", "x"))  # fits its own pattern when it has no [...]
+        keys.add(pat.replace("*", "0").replace("?", "1"))
+    keys |= {"", "nobus", "pci:", "*"}
+    matched = 0
+    for key in sorted(keys):
+        want = [m for pat, m in wild.patterns if fnmatch.fnmatchcase(key, pat)]
+        assert wild.match(key) == want, key
+        matched += bool(want)
+    assert matched > 100
