@@ -139,8 +139,24 @@ def test_kernel_install_plugin_adds_and_removes(tmp_path: Path, kver: str) -> No
     stage1 = boot_dir / f"initramfs-{kver}.img"
     assert stage1.is_file() and (boot_dir / f"initoverlayfs-{kver}.img").is_file()
     assert (entry / "initrd").read_bytes() == stage1.read_bytes()
+    # built in a staging directory and renamed into place: nothing else is left in the boot directory
+    named = {
+        f"initramfs-{kver}.img",
+        f"initoverlayfs-{kver}.img",
+        f"initoverlayfs-{kver}.conf",
+        f"initbuild-{kver}.json",
+    }
+    assert {p.name for p in boot_dir.iterdir()} == named
+    assert json.loads((boot_dir / f"initbuild-{kver}.json").read_text())["kernel"] == kver
+    # a failed build leaves the previous images untouched
+    before = stage1.read_bytes()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modules: [no-such-module]\n")
+    cp = run(["sh", plugin, "add", kver, str(entry)], env={**env, "INITBUILD_PROFILE": str(bad)}, check=False)
+    assert cp.returncode != 0 and b"is unchanged" in cp.stderr
+    assert stage1.read_bytes() == before and {p.name for p in boot_dir.iterdir()} == named
     run(["sh", plugin, "remove", kver, str(entry)], env=env)
-    assert not stage1.exists() and not (boot_dir / f"initoverlayfs-{kver}.img").exists()
+    assert list(boot_dir.iterdir()) == []
 
 
 def test_all_kernels_builds_every_installed_kernel(tmp_path: Path, kver: str) -> None:
