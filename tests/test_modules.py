@@ -690,18 +690,21 @@ HOST_SYSTEMD = all(
 
 
 @pytest.mark.skipif(not HOST_SYSTEMD, reason="this machine has no systemd to build a systemd stage two from")
-@pytest.mark.parametrize("host_mode", [True, False])
-def test_systemd_stage_two_coldplugs_block_devices_only_in_host_builds(host_mode: bool) -> None:
+@pytest.mark.parametrize(
+    ("host_mode", "mode"), [(True, "initoverlayfs"), (False, "initoverlayfs"), (True, "plain")]
+)
+def test_systemd_stage_two_coldplugs_block_devices_only_in_host_builds(host_mode: bool, mode: str) -> None:
+    """Only where stage one loaded the storage drivers: a plain image's udev must load them itself."""
     import dataclasses
 
     kver = sorted(p.name for p in Path("/lib/modules").iterdir())[0]
-    profile = load_profile_text(f"kernel: {kver}\nhostonly: no\nmodules: [systemd]\n", "p.yaml")
+    profile = load_profile_text(f"kernel: {kver}\nhostonly: no\nmode: {mode}\nmodules: [systemd]\n", "p.yaml")
     p, sysroot = make_plan(profile)
     col = collect(dataclasses.replace(p, host_mode=host_mode), sysroot)
     m = col.stage2.manifest
     dropin = m.get("/etc/systemd/system/systemd-udev-trigger.service.d/initbuild-coldplug.conf")
     script = next((e for e in m if e.path.endswith("/initbuild/udev-coldplug")), None)
-    if not host_mode:
+    if not host_mode or mode == "plain":
         assert dropin is None and script is None
     else:
         assert dropin is not None and dropin.data is not None and script is not None and script.data

@@ -6,13 +6,13 @@ root=/rootfstype=/rootflags= into sysroot.mount, and initrd-switch-root.service 
 and executes the real root's init. Over initoverlayfs
 / is the overlay (not the initramfs), so systemd moves the new root over it without deleting anything.
 
-Host-aware builds (docs/hostonly.md) replay only the block devices' events at udev's coldplug: stage
-one has already loaded the drivers of this machine's root and boot devices, and all the initrd waits
-for is the root's /dev/disk/by-* link and its .device unit. Replaying every device of the machine
-(PCI, ACPI, input, ...) cost 0.34 s of the 1.2 s that systemd spent in the initrd under TCG
-(qemu/realroot.py); the real root replays them all anyway. `initbuild.coldplug=all` on the kernel
+Host-aware initoverlayfs builds (docs/hostonly.md) replay only the block devices' events at udev's
+coldplug: stage one has already loaded the drivers of this machine's root and boot devices, and all
+the initrd waits for is the root's /dev/disk/by-* link and its .device unit. Replaying every device
+of the machine (PCI, ACPI, input, ...) cost 0.34 s of the 1.2 s that systemd spent in the initrd
+under TCG (qemu/realroot.py); the real root replays them all anyway. `initbuild.coldplug=all` on the kernel
 command line restores the full replay (say, for a USB keyboard in the initrd's emergency shell);
-generic builds always replay everything.
+generic builds and plain images (no stage one: udev loads the storage drivers) replay everything.
 """
 
 SYSTEMD = "/usr/lib/systemd/systemd"
@@ -84,7 +84,10 @@ def install(ctx):
     )
     # systemd taints the system ("var-run-bad") unless /var/run leads to /run
     ctx.add_symlink("/var/run", "../run")
-    if ctx.host_mode and "systemd-udev-trigger.service" in names:
+    # only over initoverlayfs: a plain image's /init hands over to systemd before loading any driver,
+    # so there udev's full coldplug is what loads the storage drivers
+    stage_one_loaded = str(ctx.profile.mode) == "initoverlayfs"
+    if ctx.host_mode and stage_one_loaded and "systemd-udev-trigger.service" in names:
         ctx.add_data(COLDPLUG, COLDPLUG_SCRIPT, mode=0o755, why="block-only coldplug (host-aware)")
         ctx.add_data(
             "/etc/systemd/system/systemd-udev-trigger.service.d/initbuild-coldplug.conf",
