@@ -7,7 +7,7 @@ IB_PANIC={{ panic | sh }}
 IB_DEBUG=0
 IB_BREAK=
 IB_KMSG=/dev/kmsg
-IB_VERITY=0
+IB_VERITY=0 IB_SHARED=
 
 # Sets IB_UP to the uptime in seconds (a builtin read: no fork per log line).
 ib_uptime() {
@@ -471,10 +471,28 @@ ib_verity_open() {
     info "stage two verified by dm-verity: $IB_VERITY_DEV over $1, root hash $IB_VERITY_roothash"
 }
 
+# ib_share ROOT: bind stage one's copies of the files stage two's PID 1 runs from (/etc/initbuild/shared,
+# written by the build when both stages hold the same file) over stage two's, in ROOT: they are in RAM
+# and were authenticated with stage one, so they need no reading through dm-verity. Sets IB_SHARED.
+ib_share() {
+    IB_SHARED=
+    [ -r /etc/initbuild/shared ] || return 0
+    while read -r _ib_f; do
+        [ -f "$_ib_f" ] && [ -f "$1$_ib_f" ] || continue
+        if mount --bind "$_ib_f" "$1$_ib_f"; then
+            IB_SHARED="$IB_SHARED $_ib_f"
+        else
+            warn "cannot bind $_ib_f over stage two's: stage two's own copy is read and verified"
+        fi
+    done < /etc/initbuild/shared
+    [ -z "$IB_SHARED" ] || info "stage two runs stage one's$IB_SHARED (the same file, already in RAM)"
+}
+
 # ib_verity_preread ROOT: read (so verify) the stage-two files its PID 1 runs from before handing over:
 # a read error inside PID 1 would kill it (a kernel panic) before it could say anything.
 ib_verity_preread() {
     for _ib_f in $IB_VERITY_preread; do
+        case " $IB_SHARED " in *" $_ib_f "*) continue ;; esac  # stage one's own copy, bound over it
         cat "$1$_ib_f" > /dev/null 2> /run/.initbuild-read || die "cannot read $_ib_f of stage two: $(cat /run/.initbuild-read)"
     done
 }

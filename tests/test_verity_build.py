@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from initbuild.build import OutputKind, build, pid1_files
+from initbuild.build import OutputKind, build, pid1_files, shared_files
 from initbuild.config import load_profile_text
 from initbuild.errors import ConfigError, ResolveError
 from initbuild.formats import uki
@@ -99,6 +99,8 @@ def test_stage_one_carries_the_root_hash_and_the_means_to_use_it(
         and int(conf["hash_start_block"]) == v["hash_start_block"]
     )
     assert conf["preread"] == "/init /usr/bin/busybox"  # stage two's PID 1: its script and its shell
+    # ... whose shell stage one holds too (the same sysroot file): it binds its own copy over it
+    assert stage1.read(find(stage1, "/etc/initbuild/shared")) == b"/usr/bin/busybox\n"
     paths = {m.path for m in stage1.members()}
     assert {
         "/usr/lib/initbuild/dm-ioctl",
@@ -189,6 +191,28 @@ def test_pid1_files_follow_the_images_symlinks() -> None:
     loop = Manifest()
     loop.add(Entry("/init", Kind.SYMLINK, 0o777, target="/init"))
     assert pid1_files(loop) == ()
+
+
+def test_shared_files_only_the_same_sysroot_file_at_the_same_path() -> None:
+    def stage(busybox: Entry, link: bool = True) -> Manifest:
+        m = Manifest()
+        m.add(Entry("/init", Kind.FILE, 0o755, data=b"#!/bin/sh\necho\n"))
+        if link:
+            m.add(Entry("/bin", Kind.SYMLINK, 0o777, target="usr/bin"))
+            m.add(Entry("/usr/bin/sh", Kind.SYMLINK, 0o777, target="busybox"))
+        m.add(busybox)
+        return m
+
+    def bb(source: str | None = "/usr/bin/busybox", data: bytes | None = None) -> Entry:
+        return Entry("/usr/bin/busybox", Kind.FILE, 0o755, source=source, data=data)
+
+    two = stage(bb())
+    assert shared_files(stage(bb()), two) == ("/usr/bin/busybox",)
+    assert shared_files(stage(bb("/usr/lib/other/busybox")), two) == ()  # another file
+    assert shared_files(stage(bb(None, b"\x7fELF")), two) == ()  # generated, not the sysroot's
+    alone = Manifest()
+    alone.add(Entry("/init", Kind.FILE, 0o755, data=b"#!/bin/sh\n"))
+    assert shared_files(alone, two) == ()  # stage one has no busybox
 
 
 # -- the Unified Kernel Image ---------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 stage2.verity appends a hash tree to stage two and bakes its root hash into stage one, which maps the
 image through dm-verity (modules.d/25verity) before mounting it. The kernel is the oracle: a verified
-boot reaches the real root; one flipped byte in stage two's data (inside busybox, which stage two's
+boot reaches the real root; one flipped byte in stage two's data (inside /init, which stage two's
 PID 1 runs), in its metadata (the EROFS superblock) or in the hash tree ends in
 `initbuild: FATAL: stage two failed verification (...)` within 10 guest seconds, powered off by the
 panic policy, with no kernel panic. Those boots run under -icount from virtio-pmem disks, as
@@ -78,6 +78,7 @@ def test_verified_boot_reaches_the_real_root(
     _assert_verified_attach(res.console)
     assert f"root hash {roothash}" in res.console
     assert "FATAL" not in res.console and "is corrupted" not in res.console, res.explain()
+    assert "stage two runs stage one's /usr/bin/busybox" in res.console, res.explain()
     # the conf says so too (6.12 included, whose kernel would mount the file without a loop device)
     conf = (verity_overlay.outdir / "initoverlayfs.conf").read_text()
     assert "attach loop+verity\n" in conf
@@ -98,17 +99,23 @@ def _flip(path: Path, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def _busybox_data(image: Path) -> int:
-    """A byte inside busybox's compressed data in stage two (a middle pcluster): PID 1's program."""
+def _init_data(image: Path) -> int:
+    """A byte inside the data of stage two's /init, the script its PID 1 runs (stage one reads it
+    through dm-verity before handing over). PID 1's program itself, busybox, is stage one's own copy
+    (ib_share): stage two's is never read, so a flipped byte there changes nothing."""
     with ErofsReader(image) as r:
-        real = r.lookup("/usr/bin/busybox")
-        extents = r.extents(r.inode(real.ino))
-        return extents[len(extents) // 2].pblk * 4096 + 100
+        init = r.lookup("/init")
+        text = r.read(init)
+        where = image.read_bytes().find(text[:512])  # stored as is (plain or inline)
+        if where >= 0:
+            return where + min(100, len(text) - 1)
+        extents = r.extents(r.inode(init.ino))
+        return extents[0].pblk * 4096 + 100
 
 
 TAMPER: dict[str, tuple[str, Callable[[Path, dict[str, int | str]], int]]] = {
     # what is flipped: (the block kind the kernel names, where)
-    "data": ("data", lambda image, v: _busybox_data(image)),
+    "data": ("data", lambda image, v: _init_data(image)),
     "metadata": ("data", lambda image, v: 1024 + 8),  # the EROFS superblock (dm-verity data block 0)
     "hash-tree": ("metadata", lambda image, v: int(v["hash_start_block"]) * 4096 + 5),  # top hash block
 }
